@@ -1,0 +1,198 @@
+r"""Search directions shared by the line searches: plain gradient and Adam-preconditioned.
+
+A direction owns the per-parameter state it needs (Adam's moments), turns the gradient into the
+vectors a search moves along, and moves all parameters at once with ``torch._foreach_*`` ops.
+Two vectors can be asked for:
+
+* ``"gradient"`` — :math:`P g` (the preconditioned gradient; :math:`g` for SGD),
+* ``"momentum"`` — :math:`P \hat m` (Adam's own update direction; :math:`g` for SGD, which keeps
+  no moments, as in the authors' ``sgdsls``),
+
+with :math:`P = 1/(\sqrt{\hat v} + \epsilon)`, :math:`\hat m = m/(1-\beta_1^t)`,
+:math:`\hat v = v/(1-\beta_2^t)`. A move is :math:`\theta \leftarrow \theta + \alpha\, d`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Along = Literal["gradient", "momentum"]
+
+
+def inner(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
+    r""":math:`\sum_i \langle x_i, y_i\rangle` over a list of tensors, as a 0-d tensor (no sync).
+
+    Per-tensor ``dot`` allocates nothing; a foreach product would allocate a parameter-sized list.
+    """
+    if not xs:
+        return torch.zeros(())
+    dots = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
+    return torch.stack([d.to(dots[0].dtype) for d in dots]).sum() if len(dots) > 1 else dots[0]
+
+
+@dataclass
+class StepTensors:
+    """The tensors of one optimizer step: parameters with a gradient, and their state dicts."""
+
+    params: list[Tensor]
+    grads: list[Tensor]
+    states: list[dict]
+    step: int  # 1-based count of steps taken with this state
+
+
+class SGDDirection:
+    """:math:`d = g` for both vectors; no state, no buffer (the gradients are moved along)."""
+
+    name = "sgd"
+
+    def begin_step(self, t: StepTensors) -> None:
+        """Nothing to update: the gradient is the direction."""
+
+    def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> Tensor:
+        r""":math:`\langle g, d\rangle = \|g\|^2` (already computed by the caller)."""
+        return grad_sq
+
+    def move(self, t: StepTensors, alpha: float, along: Along) -> None:
+        torch._foreach_add_(t.params, t.grads, alpha=alpha)
+
+    def release_buffers(self) -> None:
+        """Nothing held."""
+
+
+class AdamDirection:
+    r"""Adam's preconditioner with bias-corrected moments.
+
+    Per step: :math:`m \leftarrow \beta_1 m + (1-\beta_1) g`,
+    :math:`v \leftarrow \beta_2 v + (1-\beta_2) g^2`. The requested direction is materialised in
+    one reusable parameter-sized buffer, so moving between trial points is a single foreach add.
+    ``bias_correction_offset=1`` reproduces the released SaLSA's off-by-one (it corrects with
+    :math:`t+1` where :math:`t` already counts the current step).
+    """
+
+    name = "adam"
+
+    def __init__(
+        self,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        bias_correction_offset: int = 0,
+    ) -> None:
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.bias_correction_offset = bias_correction_offset
+        self._buffer: list[Tensor] = []
+        self._buffer_holds: Along | None = None
+
+    def _corrections(self, step: int) -> tuple[float, float]:
+        t = max(1, step + self.bias_correction_offset)
+        return 1.0 - self.beta1**t, 1.0 - self.beta2**t
+
+    def begin_step(self, t: StepTensors) -> None:
+        """Update the moments with this step's gradient."""
+        for p, state in zip(t.params, t.states):
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        exp_avgs = [s["exp_avg"] for s in t.states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in t.states]
+        torch._foreach_lerp_(exp_avgs, t.grads, 1.0 - self.beta1)
+        torch._foreach_mul_(exp_avg_sqs, self.beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, t.grads, t.grads, value=1.0 - self.beta2)
+        self._buffer_holds = None
+
+    def direction(self, t: StepTensors, along: Along) -> list[Tensor]:
+        r"""The buffer filled with :math:`P g` or :math:`P \hat m` for this step."""
+        if self._buffer_holds == along:
+            return self._buffer
+        if len(self._buffer) != len(t.params) or any(
+            b.shape != p.shape or b.device != p.device or b.dtype != p.dtype
+            for b, p in zip(self._buffer, t.params)
+        ):
+            self._buffer = [torch.empty_like(p) for p in t.params]
+        bc1, bc2 = self._corrections(t.step)
+        buf = self._buffer
+        # buf <- 1 / (sqrt(v / bc2) + eps), then times g or m / bc1.
+        torch._foreach_copy_(buf, [s["exp_avg_sq"] for s in t.states])
+        torch._foreach_sqrt_(buf)
+        torch._foreach_mul_(buf, 1.0 / math.sqrt(bc2))
+        torch._foreach_add_(buf, self.eps)
+        torch._foreach_reciprocal_(buf)
+        if along == "gradient":
+            torch._foreach_mul_(buf, t.grads)
+        else:
+            torch._foreach_mul_(buf, [s["exp_avg"] for s in t.states])
+            torch._foreach_mul_(buf, 1.0 / bc1)
+        self._buffer_holds = along
+        return buf
+
+    def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> Tensor:
+        r""":math:`\langle g, P g\rangle` or :math:`\langle g, P \hat m\rangle`."""
+        return inner(t.grads, self.direction(t, along))
+
+    def move(self, t: StepTensors, alpha: float, along: Along) -> None:
+        torch._foreach_add_(t.params, self.direction(t, along), alpha=alpha)
+
+    def release_buffers(self) -> None:
+        """Drop the scratch buffer (it is rebuilt on the next step)."""
+        self._buffer = []
+        self._buffer_holds = None
+
+
+class ReleasedAdamDirection(AdamDirection):
+    """``salsa-optimizer`` 0.1.0's arithmetic, operation for operation, for a bit-exact replay.
+
+    Moments are updated as ``(1-b)*x + b*state`` and the preconditioner is
+    ``1 / (sqrt(v / (1 - beta2**(t+1))) + eps)`` (the release's off-by-one), exactly as written
+    there, because a different (equivalent) order of float operations rounds differently.
+    """
+
+    def __init__(self, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        super().__init__(betas, eps, bias_correction_offset=1)
+        self._precond: list[Tensor] | None = None
+
+    def begin_step(self, t: StepTensors) -> None:
+        for p, g, state in zip(t.params, t.grads, t.states):
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"].copy_((1 - self.beta2) * (g**2) + self.beta2 * state["exp_avg_sq"])
+            state["exp_avg"].copy_((1 - self.beta1) * g + self.beta1 * state["exp_avg"])
+        self._buffer_holds = None
+        self._precond = None
+
+    def _scaled(self, x: Tensor, beta: float, step: int) -> Tensor:
+        return x / (1 - beta ** max(1, step + self.bias_correction_offset))
+
+    def _preconditioner(self, t: StepTensors) -> list[Tensor]:
+        if self._precond is None:
+            self._precond = [
+                1.0 / (torch.sqrt(self._scaled(s["exp_avg_sq"], self.beta2, t.step)) + self.eps)
+                for s in t.states
+            ]
+        return self._precond
+
+    def direction(self, t: StepTensors, along: Along) -> list[Tensor]:
+        if self._buffer_holds != along:
+            pv = self._preconditioner(t)
+            if along == "gradient":
+                self._buffer = [p * g for p, g in zip(pv, t.grads)]
+            else:
+                self._buffer = [p * self._scaled(s["exp_avg"], self.beta1, t.step) for p, s in zip(pv, t.states)]
+            self._buffer_holds = along
+        return self._buffer
+
+    def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> Tensor:
+        pv = self._preconditioner(t)
+        total: Tensor | int = 0
+        for g, p, s in zip(t.grads, pv, t.states):
+            if along == "gradient":
+                total = total + ((g**2) * p).sum()
+            else:
+                d = self._scaled(s["exp_avg"], self.beta1, t.step) * p
+                total = total + torch.inner(g.flatten(), d.flatten()).sum()
+        return total if isinstance(total, Tensor) else torch.zeros(())

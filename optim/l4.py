@@ -1,0 +1,129 @@
+r"""L4: the linearised loss-based step size of Rolínek & Martius (NeurIPS 2018).
+
+With a direction :math:`v` (Adam's :math:`\hat m/(\sqrt{\hat v}+\epsilon)` with
+:math:`\epsilon=10^{-4}` for L4Adam, or the momentum :math:`\hat g` for L4Mom) and the
+bias-corrected gradient EMA :math:`\hat g` (:math:`\beta_1 = 0.9`), each step takes
+
+.. math::
+    \eta = \alpha\,\frac{L - \gamma L_{\min}}{\langle v, \hat g\rangle + \varepsilon},\qquad
+    \theta \leftarrow \theta - \eta v,
+
+where :math:`L_{\min}` starts at :math:`\gamma_0 L`, tracks :math:`\min(L_{\min}, L)` and is
+relaxed by :math:`(1 + 1/\tau)` after every step. L4 assumes a non-negative loss (a
+cross-entropy, say). Unlike the reference, a step with :math:`\langle v, \hat g\rangle \le 0`
+or a non-finite step size is skipped and counted rather than taken.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ._base import ClosureOptimizer
+from ._evaluation import LossEvaluator, check_closure, host_floats
+from .directions import AdamDirection, inner
+
+
+class L4(ClosureOptimizer):
+    r"""L4Adam (``direction="adam"``) or L4Mom (``direction="momentum"``).
+
+    Args:
+        params: parameters or param groups (``weight_decay`` may differ per group).
+        direction: ``"adam"`` or ``"momentum"``.
+        alpha: the fraction of the linearised gap taken per step (``fraction``).
+        gamma: ``minloss_factor``: the step aims at ``gamma * L_min``.
+        gamma0: ``init_factor``: L_min starts at ``gamma0 * L``.
+        tau: ``minloss_forget_time``: L_min relaxes by ``1 + 1/tau`` per step.
+        betas: beta1 (also the gradient EMA of g_hat), beta2 (Adam only).
+        eps: Adam's epsilon in v (1e-4 in the reference).
+        epsilon: added to ``<v, g_hat>`` (1e-12).
+        weight_decay: decoupled, theta <- theta (1 - wd eta).
+        process_group: the ranks whose losses are averaged before deciding eta.
+    """
+
+    scalars_key = "l4"
+
+    def __init__(
+        self,
+        params: Any,
+        direction: Literal["adam", "momentum"] = "adam",
+        alpha: float = 0.15,
+        gamma: float = 0.9,
+        gamma0: float = 0.75,
+        tau: float = 1000.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-4,
+        epsilon: float = 1e-12,
+        weight_decay: float = 0.0,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> None:
+        if direction not in ("adam", "momentum"):
+            raise ValueError(f"direction must be 'adam' or 'momentum', got {direction!r}")
+        if not alpha > 0:
+            raise ValueError(f"alpha must be positive, got {alpha}")
+        for name, value in (("gamma", gamma), ("gamma0", gamma0)):
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {value}")
+        if not tau > 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        if not epsilon >= 0:
+            raise ValueError(f"epsilon must be non-negative, got {epsilon}")
+        defaults = dict(
+            lr=0.0, direction=direction, alpha=alpha, gamma=gamma, gamma0=gamma0, tau=tau,
+            betas=tuple(betas), eps=eps, epsilon=epsilon, weight_decay=weight_decay,
+        )
+        super().__init__(params, defaults, process_group)
+        # L4Mom's v is the bias-corrected gradient EMA itself; beta2 is then unused.
+        self.moments = AdamDirection((betas[0], betas[1] if direction == "adam" else 0.0), eps)
+        self.direction = direction
+        self.state[self.scalars_key] = {**self._initial_scalars(), "min_loss": math.nan}
+
+    @property
+    def diagnostics(self) -> dict[str, float]:
+        """Numbers for loggers: the last step size, L_min and the counters."""
+        scalars = self.scalars
+        out = {k: scalars[k] for k in ("step_size", "n_forwards", "n_backwards", "n_skipped")}
+        out["n_steps"] = scalars["step"]
+        out["min_loss"] = scalars["min_loss"]
+        out["loss"] = scalars["last_loss"]
+        return out
+
+    @torch.no_grad()
+    def step(self, closure: Any = None, *, grad_scaler: torch.amp.GradScaler | None = None) -> Tensor:  # type: ignore[override]
+        """One L4 step from ``closure(backwards=True)``; returns the loss."""
+        closure = check_closure(closure)
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        loss, loss0, _, t = self._first_evaluation(LossEvaluator(closure, all_params, None), grad_scaler)
+        if t is None:
+            return loss
+        scalars = self.scalars
+        defaults = self.defaults
+        self.moments.begin_step(t)
+        bias1 = 1.0 - defaults["betas"][0] ** t.step
+        if self.direction == "adam":
+            v = self.moments.direction(t, "momentum")  # m_hat / (sqrt(v_hat) + eps)
+            g_hat = [s["exp_avg"] for s in t.states]
+            (dot,) = host_floats(inner(v, g_hat) / bias1, self.group_for_decisions)
+            v_scale = 1.0
+        else:
+            v = [s["exp_avg"] for s in t.states]  # v = g_hat = m / bias1
+            (dot,) = host_floats(inner(v, v), self.group_for_decisions)
+            dot /= bias1 * bias1
+            v_scale = 1.0 / bias1
+
+        min_loss = scalars["min_loss"]
+        min_loss = defaults["gamma0"] * loss0 if math.isnan(min_loss) else min(min_loss, loss0)
+        eta = defaults["alpha"] * (loss0 - defaults["gamma"] * min_loss) / (dot + defaults["epsilon"])
+        if dot > 0 and math.isfinite(eta):
+            self._decay_weights(eta)
+            torch._foreach_add_(t.params, v, alpha=-eta * v_scale)
+            scalars["step_size"] = eta
+            self._set_lr(eta)
+        else:
+            scalars["n_skipped"] += 1
+        scalars["min_loss"] = min_loss * (1.0 + 1.0 / defaults["tau"])
+        return loss

@@ -1,0 +1,398 @@
+r"""The one Armijo backtracking core that SaLSA and SLS are configurations of.
+
+One step, for a direction with vectors :math:`d_\text{search}` and :math:`d_\text{step}`::
+
+    L0 <- closure(backwards=True);  g <- grad L(theta0);  update the direction's moments
+    eta <- initial step size (growth or reset rule, capped at eta_max)
+    if a search is due (always, or by the speed-up rule):
+        G <- <g, d_search>  (or its square root)     Gbar <- beta Gbar + (1 - beta) G
+        for trial in 1..max_trials:
+            theta <- theta0 - eta d_search;  L1 <- closure(backwards=False)   # no grad, same RNG
+            accept if  beta Dbar + (1 - beta) (L0 - L1) >= c eta Gbar         # beta = 0: Armijo
+            (on acceptance Dbar <- beta Dbar + (1 - beta) (L0 - L1)); else eta <- backtrack eta
+        theta <- theta0 - eta d_step
+    else:
+        theta <- theta0 - eta d_momentum
+
+:class:`SearchRule` holds every knob in which SaLSA, SLS, the released ``salsa-optimizer`` and
+the paper's as-run variants differ; :class:`LineSearchOptimizer` runs the loop. All search state
+(step size, EMAs, speed-up counters, counters) lives under ``self.state["line_search"]`` as plain
+Python numbers and the Adam moments in ``self.state[p]``, so ``state_dict()`` restores a search
+exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ._base import ClosureOptimizer
+from ._evaluation import LossEvaluator, check_closure, host_floats
+from .directions import AdamDirection, Along, SGDDirection, StepTensors
+
+SkippedGrowth = Literal["none", "unstored", "stored"]
+
+
+@dataclass(frozen=True)
+class SearchRule:
+    """What distinguishes one Armijo line search from another.
+
+    Attributes:
+        c: sufficient-decrease constant, in (0, 1).
+        backtrack: factor applied to eta after a failed trial, in (0, 1).
+        max_trials: trials per search before giving up.
+        smoothing: beta of the smoothed (SaLSA) test; 0 gives the plain Armijo test.
+        growth: eta starts each search at ``growth * eta_prev`` (1 keeps it).
+        reset_to: if set, eta starts each search here instead (SLS ``reset_option=2``).
+        eta_max: cap on the initial step size of a search.
+        speed_up: search only when the speed-up rule says so (SaLSA's rule, see
+            :meth:`LineSearchOptimizer._search_due`).
+        forced_searches: with ``speed_up``, the first steps that always search.
+        search_along: the vector trials move along (``"gradient"`` = P g, ``"momentum"`` = P m_hat).
+        step_along: where an accepted search leaves theta: ``"search"`` (the accepted trial
+            point) or ``"momentum"`` (theta0 - eta P m_hat, the authors' as-run ``adamsls``).
+        grad_term_root: use sqrt(<g, d>) (the as-run ``sgdsls``: ||g|| instead of ||g||^2).
+        accept_ties: an exact tie L0 == L1 passes the test.
+        min_loss, min_grad_term: guards; below either the step is taken without a search.
+        skipped_growth: on steps the speed-up rule skips, eta is ``"none"``: not grown,
+            ``"unstored"``: grown for this step only (released SaLSA), ``"stored"``: grown and
+            kept (the as-run ``adamsls``).
+    """
+
+    c: float
+    backtrack: float
+    max_trials: int
+    smoothing: float = 0.0
+    growth: float = 1.0
+    reset_to: float | None = None
+    eta_max: float = math.inf
+    speed_up: bool = False
+    forced_searches: int = 10
+    search_along: Along = "gradient"
+    step_along: Literal["search", "momentum"] = "search"
+    grad_term_root: bool = False
+    accept_ties: bool = False
+    min_loss: float = 1e-8
+    min_grad_term: float = 1e-8
+    skipped_growth: SkippedGrowth = "none"
+
+    def __post_init__(self) -> None:
+        _check_open_unit("c", self.c)
+        _check_open_unit("backtrack", self.backtrack)
+        if not 0.0 <= self.smoothing < 1.0:
+            raise ValueError(f"smoothing (beta of the smoothed test) must be in [0, 1), got {self.smoothing}")
+        if int(self.max_trials) != self.max_trials or self.max_trials < 1:
+            raise ValueError(f"max_trials must be a positive integer, got {self.max_trials}")
+        if not self.growth > 0:
+            raise ValueError(f"growth must be positive, got {self.growth}")
+        if self.reset_to is not None and not self.reset_to > 0:
+            raise ValueError(f"reset step size must be positive, got {self.reset_to}")
+        if not self.eta_max > 0:
+            raise ValueError(f"eta_max must be positive, got {self.eta_max}")
+        if self.search_along not in ("gradient", "momentum"):
+            raise ValueError(f"search_along must be 'gradient' or 'momentum', got {self.search_along!r}")
+        if self.step_along not in ("search", "momentum"):
+            raise ValueError(f"step_along must be 'search' or 'momentum', got {self.step_along!r}")
+        if self.skipped_growth not in ("none", "unstored", "stored"):
+            raise ValueError(
+                f"skipped_growth must be 'none', 'unstored' or 'stored', got {self.skipped_growth!r}"
+            )
+
+    # -- the hooks in which the released salsa-optimizer differs (see ReleasedRule) --------------
+    trials_restart_from_start = False  # trials move relative to the previous one
+
+    def initial_step_size(self, previous: float) -> float:
+        """eta at the start of a search."""
+        eta = self.reset_to if self.reset_to is not None else previous * self.growth
+        return min(eta, self.eta_max)
+
+    def guard_blocks(self, loss0: float, grad_term: float) -> bool:
+        """True when the search must not run (no decrease to ask for)."""
+        return loss0 < self.min_loss or grad_term < self.min_grad_term
+
+    def smooth_grad_term(self, avg: float, grad_term: float) -> float:
+        return self.smoothing * avg + (1.0 - self.smoothing) * grad_term if self.smoothing else grad_term
+
+    def test(self, search: dict, loss0: float, loss1: float, eta: float, grad_term: float) -> bool:
+        """The sufficient-decrease test; updates the decrease EMA on acceptance."""
+        if not math.isfinite(loss1):
+            return False
+        decrease = loss0 - loss1
+        smoothed = self.smoothing * search["avg_decrease"] + (1.0 - self.smoothing) * decrease
+        accepted = smoothed >= self.c * eta * grad_term or (self.accept_ties and decrease == 0.0)
+        if accepted:
+            search["avg_decrease"] = smoothed
+        return accepted
+
+    def failed_search(self, eta: float) -> tuple[bool, float, int]:
+        """After ``max_trials`` rejections (eta already backtracked that often): whether to move
+        to the final step along ``step_along``, the eta to store, and the backtracks to count."""
+        return True, eta, self.max_trials
+
+
+@dataclass(frozen=True)
+class ReleasedRule(SearchRule):
+    """The bookkeeping of ``salsa-optimizer`` 0.1.0, quirks included (``SaLSA(as_released=True)``).
+
+    It differs from :class:`SearchRule` in: trials restart from a copy of theta0; the guard skips
+    only an exactly-zero L0; a raw tie ``L0 - L1 == 0`` is accepted without touching the decrease
+    EMA; decisions are taken on float32 tensors; a failed search leaves theta at the last trial
+    but stores ``eta * backtrack**max_trials`` and counts ``max_trials - 1`` backtracks.
+    """
+
+    trials_restart_from_start = True
+
+    def guard_blocks(self, loss0: float, grad_term: float) -> bool:
+        return loss0 == 0.0 or not _f32(grad_term) >= self.min_grad_term
+
+    def smooth_grad_term(self, avg: float, grad_term: float) -> float:
+        return (_f32(avg) * self.smoothing + _f32(grad_term) * (1 - self.smoothing)).item()
+
+    def test(self, search: dict, loss0: float, loss1: float, eta: float, grad_term: float) -> bool:
+        raw = _f32(loss0) - _f32(loss1)
+        if raw.item() == 0.0:
+            return True
+        smoothed = _f32(search["avg_decrease"]) * self.smoothing + raw * (1 - self.smoothing)
+        accepted = bool(smoothed >= eta * self.c * _f32(grad_term))
+        if accepted:
+            search["avg_decrease"] = smoothed.item()
+        return accepted
+
+    def failed_search(self, eta: float) -> tuple[bool, float, int]:
+        return False, eta, self.max_trials - 1
+
+
+def _f32(value: float) -> Tensor:
+    return torch.tensor(value, dtype=torch.float32)
+
+
+def _check_open_unit(name: str, value: float) -> None:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {value}")
+
+
+def make_direction(
+    direction: str, betas: tuple[float, float], eps: float, bias_correction_offset: int = 0
+) -> AdamDirection | SGDDirection:
+    """The direction object for ``direction`` = ``"adam"`` or ``"sgd"``."""
+    if direction == "sgd":
+        return SGDDirection()
+    if direction == "adam":
+        for i, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"betas[{i}] must be in [0, 1), got {beta}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        return AdamDirection(betas, eps, bias_correction_offset)
+    raise ValueError(f"direction must be 'adam' or 'sgd', got {direction!r}")
+
+
+class _Position:
+    """Where theta stands relative to theta0 along the direction vectors of this step."""
+
+    def __init__(self, direction: Any, tensors: StepTensors, restart_from_start: bool) -> None:
+        self.direction = direction
+        self.tensors = tensors
+        self.offsets: dict[str, float] = {}
+        # The released optimizer restarts every trial from a copy of theta0; the default moves
+        # relative to the previous trial and needs no copy.
+        self.restart_from_start = restart_from_start
+        self.start: list[Tensor] | None = None
+
+    def go_to(self, alpha: float, along: Along) -> None:
+        """theta <- theta0 + alpha * d_along."""
+        if self.restart_from_start:
+            if self.start is None:  # theta is still theta0
+                self.start = [p.detach().clone() for p in self.tensors.params]
+            torch._foreach_copy_(self.tensors.params, self.start)
+            self.direction.move(self.tensors, alpha, along)
+        else:
+            for other, offset in self.offsets.items():
+                if other != along and offset != 0.0:
+                    self.direction.move(self.tensors, -offset, other)
+            delta = alpha - self.offsets.get(along, 0.0)
+            if delta != 0.0:
+                self.direction.move(self.tensors, delta, along)
+        self.offsets = {along: alpha}
+
+
+class LineSearchOptimizer(ClosureOptimizer):
+    """A ``torch.optim.Optimizer`` running the Armijo core with a :class:`SearchRule`.
+
+    Subclasses (:class:`~optim.SaLSA`, :class:`~optim.SLS`) only choose the rule, the direction
+    and the defaults. Use::
+
+        def closure(backwards: bool = False) -> Tensor:
+            loss = loss_fn(model(x), y)
+            if backwards:
+                loss.backward()
+            return loss
+
+        opt.zero_grad()
+        loss = opt.step(closure)
+
+    Args (shared by the subclasses):
+        weight_decay: decoupled, per param group: theta <- theta (1 - wd eta_prev) after the
+            first evaluation, before the search.
+        freeze_bn_stats_in_trials: a module whose BatchNorm running statistics trial forwards
+            must not change (``None``: trials update them, as the references do).
+        process_group: under ``torch.distributed`` with more than one rank, the deciding losses
+            are averaged over this group (default: the world) so all ranks accept the same eta.
+    """
+
+    scalars_key = "line_search"
+
+    def __init__(
+        self,
+        params: Any,
+        defaults: dict[str, Any],
+        rule: SearchRule,
+        direction: AdamDirection | SGDDirection,
+        init_step_size: float,
+        freeze_bn_stats_in_trials: nn.Module | None = None,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> None:
+        if not init_step_size > 0:
+            raise ValueError(f"init_step_size must be positive, got {init_step_size}")
+        if freeze_bn_stats_in_trials is not None and not isinstance(freeze_bn_stats_in_trials, nn.Module):
+            raise TypeError(
+                "freeze_bn_stats_in_trials: pass the nn.Module whose BatchNorm layers to hold "
+                f"(or None), got {type(freeze_bn_stats_in_trials).__name__}"
+            )
+        defaults = {"lr": init_step_size, "weight_decay": 0.0, **defaults}
+        self.rule = rule
+        self.direction = direction
+        self.bn_module = freeze_bn_stats_in_trials
+        super().__init__(params, defaults, process_group)
+        self.state[self.scalars_key] = {
+            **self._initial_scalars(),
+            "step_size": float(init_step_size),
+            "avg_grad_term": 0.0,
+            "avg_decrease": 0.0,
+            "avg_step_size_fast": 1e-8,
+            "avg_step_size_slow": 1e-8,
+            "steps_since_search": 100,
+            "search_interval": 1.0,
+            "n_backtracks": 0,
+            "n_searches": 0,
+            "n_failed_searches": 0,
+        }
+
+    @property
+    def diagnostics(self) -> dict[str, float]:
+        """Numbers for loggers: step size, evaluation counters and search statistics."""
+        search = self.scalars
+        keys = (
+            "step_size", "n_forwards", "n_backwards", "n_backtracks", "n_searches",
+            "n_failed_searches", "n_skipped", "search_interval",
+        )
+        out = {key: search[key] for key in keys}
+        out["n_steps"] = search["step"]
+        out["grad_term"] = search["avg_grad_term"]
+        out["avg_decrease"] = search["avg_decrease"]
+        out["loss"] = search["last_loss"]
+        return out
+
+    def _search_due(self, search: dict) -> bool:
+        """SaLSA's speed-up rule: r = fast/slow EMA of accepted eta (inverted if < 1); search
+        when the steps since the last search reach min(10, 1 / (r - 1 + 1e-8))."""
+        ratio = search["avg_step_size_fast"] / search["avg_step_size_slow"]
+        if ratio < 1:
+            ratio = 1 / ratio
+        search["search_interval"] = min(10.0, 1.0 / (ratio - 1.0 + 1e-8))
+        search["steps_since_search"] += 1
+        return (
+            not self.rule.speed_up
+            or search["step"] <= self.rule.forced_searches
+            or search["steps_since_search"] >= search["search_interval"]
+        )
+
+    @torch.no_grad()
+    def step(self, closure: Any = None, *, grad_scaler: torch.amp.GradScaler | None = None) -> Tensor:  # type: ignore[override]
+        """One line-search step; returns the loss L0 of the first evaluation.
+
+        Args:
+            closure: ``closure(backwards: bool = False) -> Tensor`` (see the class docstring).
+            grad_scaler: for fp16, the ``GradScaler`` that scaled the backpropagated loss (the
+                closure returns the unscaled loss). The gradients are unscaled here, a step with
+                non-finite gradients is skipped and counted; ``scaler.update()`` is the caller's.
+        """
+        closure = check_closure(closure)
+        search = self.scalars
+        rule = self.rule
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        evaluate = LossEvaluator(closure, all_params, self.bn_module)
+        loss, loss0, grad_sq, t = self._first_evaluation(evaluate, grad_scaler)
+        if t is None:
+            return loss  # non-finite L0 or gradient: parameters and moments untouched
+        group = self.group_for_decisions
+        self.direction.begin_step(t)
+        eta = rule.initial_step_size(search["step_size"])
+        searching = self._search_due(search)
+        if searching:
+            search["steps_since_search"] = 0
+            (grad_term,) = host_floats(self.direction.grad_term(t, rule.search_along, grad_sq), group)
+            if rule.grad_term_root:
+                grad_term = math.sqrt(max(grad_term, 0.0))
+            test_term = rule.smooth_grad_term(search["avg_grad_term"], grad_term)
+            if not math.isfinite(test_term):
+                # A finite gradient can still overflow <g, P g>: skip rather than step.
+                search["n_skipped"] += 1
+                return loss
+            search["avg_grad_term"] = test_term
+
+        self._decay_weights(search["step_size"])
+        position = _Position(self.direction, t, rule.trials_restart_from_start)
+        if not searching:
+            if rule.skipped_growth == "none":
+                eta = search["step_size"]
+            position.go_to(-eta, "momentum")
+            if rule.skipped_growth == "stored":
+                search["step_size"] = eta
+        else:
+            if rule.guard_blocks(loss0, test_term):
+                position.go_to(-eta, "momentum")
+                if rule.trials_restart_from_start:
+                    evaluate.trial()  # the release evaluates once here, uncounted
+            else:
+                eta = self._backtrack(search, evaluate, position, loss0, eta, test_term, group)
+            search["step_size"] = eta
+            search["avg_step_size_slow"] = search["avg_step_size_slow"] * 0.99 + eta * (1 - 0.99)
+            search["avg_step_size_fast"] = search["avg_step_size_fast"] * 0.9 + eta * (1 - 0.9)
+        self._set_lr(search["step_size"])
+        return loss
+
+    def _backtrack(
+        self,
+        search: dict,
+        evaluate: LossEvaluator,
+        position: _Position,
+        loss0: float,
+        eta: float,
+        grad_term: float,
+        group: dist.ProcessGroup | None,
+    ) -> float:
+        """The trials; leaves theta at the step taken and returns the eta to store."""
+        rule = self.rule
+        search["n_searches"] += 1
+        for trial in range(rule.max_trials):
+            position.go_to(-eta, rule.search_along)
+            (loss1,) = host_floats(evaluate.trial(), group)
+            search["n_forwards"] += 1
+            if rule.test(search, loss0, loss1, eta, grad_term):
+                search["n_backtracks"] += trial
+                if rule.step_along == "momentum":
+                    position.go_to(-eta, "momentum")
+                return eta
+            eta *= rule.backtrack
+        search["n_failed_searches"] += 1
+        move, eta, backtracks = rule.failed_search(eta)
+        search["n_backtracks"] += backtracks
+        if move:
+            position.go_to(-eta, rule.search_along if rule.step_along == "search" else "momentum")
+        return eta

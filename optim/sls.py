@@ -1,0 +1,92 @@
+r"""SLS: the plain stochastic Armijo line search of Vaswani et al. (NeurIPS 2019).
+
+Accept the first trial with :math:`L_0 - L_1 \ge c\,\eta\,\langle g, d\rangle`, where
+:math:`\langle g, d\rangle = \|g\|^2` (SGD direction) or :math:`\sum g^2 P` (Adam-preconditioned),
+backtracking :math:`\eta \leftarrow \beta_b \eta`. Each step starts from
+:math:`\eta_{t-1}\gamma^{1/n}` (``reset_option=1``), :math:`\eta_{t-1}` (0) or the initial step
+size (2), capped at ``eta_max``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch.distributed as dist
+from torch import nn
+
+from .line_search import LineSearchOptimizer, SearchRule, make_direction
+
+
+class SLS(LineSearchOptimizer):
+    r"""Stochastic line search (``IssamLaradji/sls`` defaults), SGD or Adam-preconditioned.
+
+    Args:
+        params: parameters or param groups (``weight_decay`` may differ per group).
+        direction: ``"sgd"`` (d = g) or ``"adam"`` (d = P g with Adam's moments).
+        c: sufficient-decrease constant in (0, 1).
+        init_step_size: eta before the first step.
+        backtrack: factor per failed trial, in (0, 1).
+        reset_option: 0 keep eta, 1 grow by gamma**(1/n_batches_per_epoch), 2 reset each step.
+        gamma, n_batches_per_epoch: the growth of ``reset_option=1``.
+        eta_max: cap on the initial step size of each search.
+        max_trials: trials per step; after that many failures the step is taken with the
+            backtracked eta (``init * backtrack**max_trials``, a tiny step).
+        betas, eps: Adam moments for ``direction="adam"``.
+        weight_decay: decoupled, theta <- theta (1 - wd eta_prev).
+        grad_term: ``"squared"`` or ``"norm"`` (||g||, the authors' as-run ``olsgdsls``).
+        step_along: ``"search"`` or ``"momentum"`` (step along P m_hat, as-run ``oladamsls``).
+        speed_up: search only when SaLSA's speed-up rule asks (the as-run NLP runs).
+        freeze_bn_stats_in_trials, process_group: see :class:`LineSearchOptimizer`.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        direction: Literal["sgd", "adam"] = "sgd",
+        c: float = 0.1,
+        init_step_size: float = 1.0,
+        backtrack: float = 0.9,
+        reset_option: int = 1,
+        gamma: float = 2.0,
+        n_batches_per_epoch: int = 500,
+        eta_max: float = 10.0,
+        max_trials: int = 100,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        grad_term: Literal["squared", "norm"] = "squared",
+        step_along: Literal["search", "momentum"] = "search",
+        speed_up: bool = False,
+        freeze_bn_stats_in_trials: nn.Module | None = None,
+        process_group: dist.ProcessGroup | None = None,
+    ) -> None:
+        if reset_option not in (0, 1, 2):
+            raise ValueError(f"reset_option must be 0, 1 or 2, got {reset_option}")
+        if not gamma > 0:
+            raise ValueError(f"gamma must be positive, got {gamma}")
+        if not n_batches_per_epoch > 0:
+            raise ValueError(f"n_batches_per_epoch must be positive, got {n_batches_per_epoch}")
+        if grad_term not in ("squared", "norm"):
+            raise ValueError(f"grad_term must be 'squared' or 'norm', got {grad_term!r}")
+        rule = SearchRule(
+            c=c,
+            backtrack=backtrack,
+            max_trials=max_trials,
+            growth=gamma ** (1.0 / n_batches_per_epoch) if reset_option == 1 else 1.0,
+            reset_to=init_step_size if reset_option == 2 else None,
+            eta_max=eta_max,
+            speed_up=speed_up,
+            step_along=step_along,
+            grad_term_root=grad_term == "norm",
+            skipped_growth="stored",
+        )
+        defaults = dict(
+            direction=direction, c=c, backtrack=backtrack, reset_option=reset_option, gamma=gamma,
+            n_batches_per_epoch=n_batches_per_epoch, eta_max=eta_max, max_trials=max_trials,
+            betas=tuple(betas), eps=eps, grad_term=grad_term, step_along=step_along,
+            speed_up=speed_up, weight_decay=weight_decay,
+        )
+        super().__init__(
+            params, defaults, rule, make_direction(direction, tuple(betas), eps), init_step_size,
+            freeze_bn_stats_in_trials, process_group,
+        )
