@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._evaluation import LossEvaluator, default_process_group, host_floats
+from ._evaluation import LossEvaluator, decision_dtype, default_process_group, host_floats
 from .directions import StepTensors, inner
 
 
@@ -75,7 +75,8 @@ class ClosureOptimizer(torch.optim.Optimizer):
         tensors = self._step_tensors(scalars["step"] + 1)
         grad_sq = inner(tensors.grads, tensors.grads)
         # The one sync of the first evaluation: L0 and ||g||^2, which is finite iff g is.
-        values = torch.stack([loss.float(), grad_sq.float().to(loss.device)])
+        dtype = decision_dtype(loss, grad_sq)
+        values = torch.stack([loss.to(dtype), grad_sq.to(device=loss.device, dtype=dtype)])
         loss0, grad_sq_value = host_floats(values, self.group_for_decisions)
         scalars["last_loss"] = loss0
         if not (math.isfinite(loss0) and math.isfinite(grad_sq_value)):

@@ -133,9 +133,15 @@ def rank_mean(values: Tensor, process_group: dist.ProcessGroup | None) -> Tensor
     return values / dist.get_world_size(process_group)
 
 
+def decision_dtype(*tensors: Tensor) -> torch.dtype:
+    """float64 when any input is float64, else float32 (bf16/fp16 losses are widened)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
 def host_floats(values: Tensor, process_group: dist.ProcessGroup | None) -> list[float]:
     """The rank-averaged values as Python floats: the one host sync of an evaluation."""
-    return rank_mean(values.detach().float().reshape(-1), process_group).tolist()
+    values = values.detach().reshape(-1).to(decision_dtype(values))
+    return rank_mean(values, process_group).tolist()
 
 
 class LossEvaluator:

@@ -1,0 +1,52 @@
+"""Shared fixtures: small deterministic problems with closures in the SaLSA convention."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+
+def quadratic_closure(theta: Tensor, curvature: float = 1.0) -> Callable[..., Tensor]:
+    """f(theta) = curvature/2 * ||theta||^2, whose gradient is curvature * theta."""
+
+    def closure(backwards: bool = False) -> Tensor:
+        loss = 0.5 * curvature * (theta**2).sum()
+        if backwards:
+            loss.backward()
+        return loss
+
+    return closure
+
+
+def model_closure(model: nn.Module, x: Tensor, y: Tensor, loss_fn=nn.functional.cross_entropy):
+    """Closure of ``loss_fn(model(x), y)`` in the SaLSA convention."""
+
+    def closure(backwards: bool = False) -> Tensor:
+        loss = loss_fn(model(x), y)
+        if backwards:
+            loss.backward()
+        return loss
+
+    return closure
+
+
+def small_mlp(seed: int = 0, dropout: float = 0.0, dtype=torch.float32) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Linear(8, 16), nn.Tanh(), nn.Dropout(dropout), nn.Linear(16, 3)
+    ).to(dtype)
+
+
+def classification_batch(seed: int = 0, n: int = 64, dtype=torch.float32) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g, dtype=dtype)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    return x, y
+
+
+@pytest.fixture
+def batch() -> tuple[Tensor, Tensor]:
+    return classification_batch()
