@@ -1,0 +1,109 @@
+"""The foreach implementation against a plain per-tensor loop, and the memory it keeps."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from optim import SLS, SaLSA
+
+from conftest import classification_batch, model_closure, small_mlp
+
+
+def loop_salsa_step(params, grads, moments, step, eta_prev, avg_g, avg_d, loss0, loss_at):
+    """One SaLSA step (Adam direction, smoothing 0.9, c 0.5, growth 1.1, backtrack 0.8) written
+    as a per-tensor loop from the equations; returns the new parameters and search state."""
+    beta1, beta2, beta, c, eps = 0.9, 0.999, 0.9, 0.5, 1e-8
+    directions, g_term = [], 0.0
+    for g, (m, v) in zip(grads, moments):
+        m.mul_(beta1).add_((1 - beta1) * g)
+        v.mul_(beta2).add_((1 - beta2) * g * g)
+        d = g / ((v / (1 - beta2**step)).sqrt() + eps)
+        directions.append(d)
+        g_term += float((g * d).sum())
+    avg_g = beta * avg_g + (1 - beta) * g_term
+    eta = 1.1 * eta_prev
+    while True:
+        trial = [p - eta * d for p, d in zip(params, directions)]
+        decrease = beta * avg_d + (1 - beta) * (loss0 - loss_at(trial))
+        if decrease >= c * eta * avg_g:
+            return trial, eta, avg_g, decrease
+        eta *= 0.8
+
+
+def test_salsa_matches_a_per_tensor_loop():
+    model = small_mlp(dtype=torch.float64)
+    x, y = classification_batch(dtype=torch.float64)
+    opt = SaLSA(model.parameters(), speed_up=False)
+    closure = model_closure(model, x, y)
+    names = [n for n, _ in model.named_parameters()]
+
+    def loss_at(tensors):
+        return float(
+            nn.functional.cross_entropy(
+                torch.func.functional_call(model, dict(zip(names, tensors)), (x,)), y
+            )
+        )
+
+    params = [p.detach().clone() for p in model.parameters()]
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+    eta, avg_g, avg_d = 1.0, 0.0, 0.0
+    for step in range(1, 6):
+        opt.zero_grad()
+        loss0 = float(opt.step(closure))
+        grads = [p.grad for p in model.parameters()]
+        params, eta, avg_g, avg_d = loop_salsa_step(
+            params, grads, moments, step, eta, avg_g, avg_d, loss0, loss_at
+        )
+        assert opt.diagnostics["step_size"] == eta
+        for p, expected in zip(model.parameters(), params):
+            torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-15)
+        for p, (m, v) in zip(model.parameters(), moments):
+            torch.testing.assert_close(opt.state[p]["exp_avg"], m, rtol=1e-12, atol=1e-16)
+            torch.testing.assert_close(opt.state[p]["exp_avg_sq"], v, rtol=1e-12, atol=1e-16)
+        params = [p.detach().clone() for p in model.parameters()]  # follow the optimizer's rounding
+
+
+def tensor_bytes(tensors) -> int:
+    seen, total = set(), 0
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def state_tensors(opt) -> list:
+    out = []
+    for value in opt.state.values():
+        if isinstance(value, dict):
+            out += [v for v in value.values() if isinstance(v, torch.Tensor)]
+    return out
+
+
+def test_memory_is_at_most_adams_state_plus_one_buffer():
+    x, y = classification_batch()
+    param_bytes = tensor_bytes(small_mlp().parameters())
+
+    adam_model = small_mlp()
+    adam = torch.optim.Adam(adam_model.parameters())
+    adam_model(x).sum().backward()
+    adam.step()
+    adam_bytes = tensor_bytes(state_tensors(adam))
+
+    for make in (lambda p: SaLSA(p), lambda p: SaLSA(p, use_mv=True), lambda p: SLS(p, direction="adam"),
+                 lambda p: SaLSA(p, step_along="momentum")):
+        model = small_mlp()
+        opt = make(model.parameters())
+        for _ in range(12):
+            opt.zero_grad()
+            opt.step(model_closure(model, x, y))
+        kept = tensor_bytes(state_tensors(opt) + opt.direction._buffer)
+        assert kept <= adam_bytes + param_bytes
+        assert kept >= 2 * param_bytes  # the moments are really there
+
+    model = small_mlp()
+    sgd_sls = SLS(model.parameters())
+    sgd_sls.zero_grad()
+    sgd_sls.step(model_closure(model, x, y))
+    assert tensor_bytes(state_tensors(sgd_sls)) == 0  # plain SLS keeps no tensors at all
