@@ -176,9 +176,7 @@ def _check_open_unit(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in (0, 1), got {value}")
 
 
-def make_direction(
-    direction: str, betas: tuple[float, float], eps: float, bias_correction_offset: int = 0
-) -> AdamDirection | SGDDirection:
+def make_direction(direction: str, betas: tuple[float, float], eps: float) -> AdamDirection | SGDDirection:
     """The direction object for ``direction`` = ``"adam"`` or ``"sgd"``."""
     if direction == "sgd":
         return SGDDirection()
@@ -188,7 +186,7 @@ def make_direction(
                 raise ValueError(f"betas[{i}] must be in [0, 1), got {beta}")
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")
-        return AdamDirection(betas, eps, bias_correction_offset)
+        return AdamDirection(betas, eps)
     raise ValueError(f"direction must be 'adam' or 'sgd', got {direction!r}")
 
 
@@ -341,7 +339,8 @@ class LineSearchOptimizer(ClosureOptimizer):
                 grad_term = math.sqrt(max(grad_term, 0.0))
             test_term = rule.smooth_grad_term(search["avg_grad_term"], grad_term)
             if not math.isfinite(test_term):
-                # A finite gradient can still overflow <g, P g>: skip rather than step.
+                # A finite gradient can still overflow <g, P g> (|g| > ~1e15 in float32): skip
+                # rather than poison the EMA. Parameters stay; the moments have seen g already.
                 search["n_skipped"] += 1
                 return loss
             search["avg_grad_term"] = test_term
