@@ -15,10 +15,11 @@
 Depends on PyTorch only.
 """
 
+from ._base import ClosureOptimizer
 from .l4 import L4
 from .line_search import LineSearchOptimizer, ReleasedRule, SearchRule
 from .salsa import SaLSA
 from .sls import SLS
 
-__all__ = ["L4", "LineSearchOptimizer", "ReleasedRule", "SLS", "SaLSA", "SearchRule"]
+__all__ = ["ClosureOptimizer", "L4", "LineSearchOptimizer", "ReleasedRule", "SLS", "SaLSA", "SearchRule"]
 __version__ = "0.1.0"

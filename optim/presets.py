@@ -61,9 +61,9 @@ PAPER_PRESETS: dict[str, tuple[type[LineSearchOptimizer], dict[str, Any]]] = {
 }
 
 
-def paper_optimizer(name: str, params: Any, **overrides: Any) -> LineSearchOptimizer:
-    """Build the preset ``name`` (a key of :data:`PAPER_PRESETS`), with keyword overrides."""
-    if name not in PAPER_PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PAPER_PRESETS)}")
-    cls, kwargs = PAPER_PRESETS[name]
+def paper_optimizer(preset: str, params: Any, **overrides: Any) -> LineSearchOptimizer:
+    """Build ``preset`` (a key of :data:`PAPER_PRESETS`), with keyword overrides."""
+    if preset not in PAPER_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PAPER_PRESETS)}")
+    cls, kwargs = PAPER_PRESETS[preset]
     return cls(params, **{**kwargs, **overrides})

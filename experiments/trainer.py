@@ -1,0 +1,311 @@
+"""One closure-based training loop for every optimizer.
+
+Each step builds ``closure(backwards: bool = False)`` over the current batch and calls
+``optimizer.step(closure)``: the line searches evaluate it as often as they need; PyTorch's own
+optimizers get it wrapped so that it runs the forward and backward they expect. The loop logs a
+metrics row per step, evaluates on the validation split, and checkpoints atomically so that
+``trainer.resume=true`` continues the same trajectory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from optim import ClosureOptimizer
+
+from .checkpoint import capture_rng, restore_rng, save_checkpoint
+from .config import Precision, TrainerConfig
+from .data import DataBundle
+from .logging import Loggers
+
+
+class EpochSampler(Sampler[int]):
+    """The indices of one epoch, from position ``start``: a permutation seeded by (seed, epoch)
+    when shuffling, the stored order otherwise. Resuming mid-epoch needs only the position."""
+
+    def __init__(self, size: int, seed: int, epoch: int, start: int, shuffle: bool) -> None:
+        self.size, self.seed, self.epoch, self.start, self.shuffle = size, seed, epoch, start, shuffle
+
+    def _order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._order()[self.start :])
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved in every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    loss_ema: float = 0.0
+    loss_ema_weight: float = 0.0  # 1 - beta^n, for the bias correction of the EMA
+    forwards: int = 0  # for optimizers without diagnostics: one per step
+    last_loss: float = math.nan
+    elapsed: float = 0.0  # wall time of the steps so far, across resumes
+    best_eval: dict[str, float] = field(default_factory=dict)
+    last_eval: dict[str, float] = field(default_factory=dict)
+    last_eval_step: int = -1
+    last_checkpoint_step: int = -1
+    timing: dict[str, float] = field(default_factory=lambda: {"data": 0.0, "step": 0.0, "bookkeeping": 0.0, "eval": 0.0})
+
+    def smoothed_loss(self) -> float:
+        return self.loss_ema / self.loss_ema_weight if self.loss_ema_weight else math.nan
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy over examples (classification) or tokens (language modelling)."""
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
+
+
+class Trainer:
+    """Trains ``model`` with ``optimizer`` on ``data`` as ``cfg`` says, logging to ``loggers``."""
+
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        data: DataBundle,
+        loggers: Loggers,
+        run_dir: Path,
+        device: torch.device,
+        seed: int,
+    ) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.forward_model = torch.compile(model) if cfg.compile else model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.data = data
+        self.loggers = loggers
+        self.run_dir = run_dir
+        self.device = device
+        self.seed = seed
+        self.state = TrainState()
+        self.steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.language_modeling = data.spec.task == "language_modeling"
+
+    # -- state ------------------------------------------------------------------------------
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "trainer": asdict(self.state),
+            "rng": capture_rng(),
+        }
+
+    def load(self, payload: dict[str, Any]) -> None:
+        """Continue from a checkpoint payload (as written by :meth:`checkpoint_payload`)."""
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.scheduler is not None and payload["scheduler"] is not None:
+            self.scheduler.load_state_dict(payload["scheduler"])
+        self.state = TrainState(**payload["trainer"])
+        restore_rng(payload["rng"])
+
+    def _checkpoint(self) -> None:
+        self.state.last_checkpoint_step = self.state.step
+        save_checkpoint(self.run_dir, self.state.step, self.checkpoint_payload(), self.cfg.keep_checkpoints)
+
+    # -- one step ---------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.precision == Precision.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def make_closure(self, batch: dict[str, Tensor]) -> Callable[..., Tensor]:
+        """``closure(backwards=False)``: the loss on ``batch``; with ``backwards``, also its
+        gradient (clipped to ``max_grad_norm`` when set, as the GPT-2 runs did)."""
+
+        def closure(backwards: bool = False) -> Tensor:
+            with self._autocast():
+                loss = cross_entropy(self.forward_model(batch), batch["labels"])
+            if backwards:
+                loss.backward()
+                if self.cfg.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            return loss
+
+        return closure
+
+    def optimizer_step(self, closure: Callable[..., Tensor]) -> Tensor:
+        if isinstance(self.optimizer, ClosureOptimizer):
+            return self.optimizer.step(closure)
+        # PyTorch's optimizers call closure() under enable_grad and expect it to backpropagate.
+        return self.optimizer.step(lambda: closure(backwards=True))
+
+    def _step_size(self) -> float:
+        diagnostics = getattr(self.optimizer, "diagnostics", None)
+        if diagnostics is not None:
+            return float(diagnostics["step_size"])
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _forwards(self) -> int:
+        diagnostics = getattr(self.optimizer, "diagnostics", None)
+        return int(diagnostics["n_forwards"]) if diagnostics is not None else self.state.forwards
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy (classification) or perplexity (language modelling) on ``val``."""
+        self.model.eval()
+        loader = DataLoader(
+            self.data.val,
+            batch_size=self.cfg.eval_batch_size or self.cfg.batch_size,
+            collate_fn=self.data.collate,
+            num_workers=self.cfg.num_workers,
+        )
+        total_loss, correct, count = 0.0, 0, 0
+        for batch in loader:
+            batch = self._to_device(batch)
+            with self._autocast():
+                logits = self.forward_model(batch)
+            labels = batch["labels"]
+            n = int((labels != -100).sum()) if self.language_modeling else labels.numel()
+            total_loss += cross_entropy(logits, labels).item() * n
+            if not self.language_modeling:
+                correct += int((logits.argmax(dim=-1) == labels).sum())
+            count += n
+        self.model.train()
+        loss = total_loss / max(count, 1)
+        if self.language_modeling:
+            return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700.0))}
+        return {"val_loss": loss, "val_accuracy": correct / max(count, 1)}
+
+    def _record_eval(self) -> None:
+        start = time.perf_counter()
+        metrics = self.evaluate()
+        self.state.timing["eval"] += time.perf_counter() - start
+        self.state.last_eval = metrics
+        self.state.last_eval_step = self.state.step
+        for key, value in metrics.items():
+            better = max if key in ("val_accuracy",) else min
+            previous = self.state.best_eval.get(key)
+            self.state.best_eval[key] = value if previous is None else better(previous, value)
+        self.loggers.log({"step": self.state.step, "epoch": self.state.epoch, **metrics})
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _loader(self) -> DataLoader:
+        sampler = EpochSampler(
+            len(self.data.train), self.seed, self.state.epoch,
+            self.state.batch_in_epoch * self.cfg.batch_size, self.cfg.shuffle,
+        )
+        return DataLoader(
+            self.data.train,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            collate_fn=self.data.collate,
+            num_workers=self.cfg.num_workers,
+            # Workers take their seeds from this generator, not the global RNG, so starting an
+            # iterator mid-epoch (after a resume) does not shift the model's random stream.
+            generator=torch.Generator().manual_seed(self.seed + self.state.epoch),
+        )
+
+    def fit(self) -> dict[str, Any]:
+        """Train to ``total_steps``; returns the summary fields of the run."""
+        self.model.train()
+        state = self.state
+        progress = tqdm(total=self.total_steps, initial=state.step, disable=not self.cfg.progress,
+                        desc="train", dynamic_ncols=True)
+        while state.step < self.total_steps:
+            t0 = time.perf_counter()
+            for batch in self._loader():  # the rest of the current epoch
+                batch = self._to_device(batch)
+                t1 = time.perf_counter()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self.optimizer_step(self.make_closure(batch)).item()
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                t2 = time.perf_counter()
+                self._after_step(loss, t2 - t0)
+                progress.update(1)
+                t3 = time.perf_counter()
+                self._evaluate_or_checkpoint_when_due()
+                state.timing["data"] += t1 - t0
+                state.timing["step"] += t2 - t1
+                state.timing["bookkeeping"] += t3 - t2
+                if state.step >= self.total_steps:
+                    break
+                t0 = time.perf_counter()
+        progress.close()
+        if state.last_eval_step != state.step:
+            self._record_eval()
+        if state.last_checkpoint_step != state.step:
+            self._checkpoint()
+        return self.summary()
+
+    def _after_step(self, loss: float, seconds: float) -> None:
+        """Counters, the smoothed loss and the metrics row of the step just taken."""
+        state = self.state
+        state.step += 1
+        state.batch_in_epoch += 1
+        state.forwards += 1
+        state.last_loss = loss
+        state.elapsed += seconds
+        if math.isfinite(loss):
+            beta = self.cfg.loss_smoothing
+            state.loss_ema = beta * state.loss_ema + (1 - beta) * loss
+            state.loss_ema_weight = beta * state.loss_ema_weight + (1 - beta)
+        if state.step % self.cfg.log_interval == 0 or state.step == self.total_steps:
+            self.loggers.log({
+                "step": state.step, "epoch": state.epoch, "loss": loss,
+                "smoothed_loss": state.smoothed_loss(), "step_size": self._step_size(),
+                "forwards": self._forwards(), "time": state.elapsed,
+            })
+        if state.batch_in_epoch == self.steps_per_epoch:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+
+    def _evaluate_or_checkpoint_when_due(self) -> None:
+        state, cfg = self.state, self.cfg
+        epoch_ended = state.batch_in_epoch == 0
+        if (cfg.eval_interval and state.step % cfg.eval_interval == 0) or (not cfg.eval_interval and epoch_ended):
+            self._record_eval()
+        if cfg.checkpoint_interval and state.step % cfg.checkpoint_interval == 0:
+            start = time.perf_counter()
+            self._checkpoint()
+            state.timing["bookkeeping"] += time.perf_counter() - start
+
+    def summary(self) -> dict[str, Any]:
+        state = self.state
+        timing = dict(state.timing)
+        overhead = (timing["data"] + timing["bookkeeping"]) / timing["step"] if timing["step"] else math.nan
+        return {
+            "steps": state.step,
+            "epochs": state.epoch,
+            "forwards": self._forwards(),
+            "final_loss": state.last_loss,
+            "final_smoothed_loss": state.smoothed_loss(),
+            "final_step_size": self._step_size(),
+            **{f"final_{k}": v for k, v in state.last_eval.items()},
+            **{f"best_{k}": v for k, v in state.best_eval.items()},
+            "train_time": state.elapsed,
+            "timing": timing,
+            "harness_overhead": overhead,
+        }

@@ -1,0 +1,51 @@
+"""One training run, configured by Hydra (``conf/config.yaml``).
+
+    python main.py                                     # the embedded default, offline on CPU
+    python main.py optimizer=salsa dataset=sst2 model=bert trainer=paper_nlp
+    python main.py -m optimizer=salsa,adam seed=0,1,2  # a multirun
+    python main.py trainer.resume=true hydra.run.dir=<run dir>   # continue a killed run
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from experiments.config import ConfigError, register_schema
+from experiments.runner import run
+
+register_schema()
+
+
+def one_line(summary: dict) -> str:
+    evals = ", ".join(
+        f"{key.removeprefix('final_')} {value:.4g}"
+        for key, value in summary.items()
+        if key.startswith("final_val_")
+    )
+    return (
+        f"{summary['status']}: {summary['dataset']}/{summary['model']}/{summary['optimizer']} "
+        f"seed {summary['seed']} - {summary['steps']} steps, {summary['forwards']} forwards, "
+        f"final loss {summary['final_loss']:.4g} (smoothed {summary['final_smoothed_loss']:.4g}), "
+        f"{evals}, {summary['wall_time']:.1f} s"
+    )
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        summary = run(cfg, run_dir)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"record: {run_dir}")
+    print(one_line(summary))
+
+
+if __name__ == "__main__":
+    main()
