@@ -1,0 +1,211 @@
+"""Language-modelling data: documents -> tokens -> fixed blocks, and OpenWebText built on that.
+
+The first half serves any corpus given as an iterable of strings; :func:`openwebtext` adds the
+corpus, its validation split and a token cache on disk, in the manner of nanoGPT's ``prepare.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import DatasetDict
+from torch import Tensor
+from torch.utils.data import Dataset, default_collate
+from transformers import PreTrainedTokenizerBase
+
+from experiments.data import DataBundle, DataSpec
+from experiments.data.hub import load_saved_or_hub
+from experiments.data.tokenization import load_tokenizer
+
+TOKEN_DTYPE = np.uint16  # GPT-2's 50,257 ids fit in two bytes, as in nanoGPT's train.bin
+_DOCS_PER_CALL = 1024  # documents per tokenizer call: enough for its batch encoder, few enough to stream
+_SPLIT_SEED = 2357  # nanoGPT's validation split of OpenWebText
+
+
+def encode_chunks(
+    texts: Iterable[str], tokenizer: PreTrainedTokenizerBase, max_tokens: int | None = None
+) -> Iterator[np.ndarray]:
+    """Tokenize documents in order, each followed by the eos token (as nanoGPT does).
+
+    Yields ``uint16[n]`` arrays whose concatenation is the token stream, truncated to
+    ``max_tokens`` tokens; documents are read in batches of 1,024 and none after the batch that
+    reaches ``max_tokens``.
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{tokenizer.name_or_path!r} has no eos token to separate documents")
+    if len(tokenizer) > np.iinfo(TOKEN_DTYPE).max + 1:
+        raise ValueError(f"a vocabulary of {len(tokenizer)} tokens does not fit in {TOKEN_DTYPE.__name__}")
+    remaining = max_tokens
+    documents = iter(texts)
+    while batch := list(islice(documents, _DOCS_PER_CALL)):
+        ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        chunk = np.fromiter(chain.from_iterable(doc + [tokenizer.eos_token_id] for doc in ids), TOKEN_DTYPE)
+        if remaining is not None:
+            chunk = chunk[:remaining]
+            remaining -= len(chunk)
+        yield chunk
+        if remaining == 0:
+            return
+
+
+def encode_texts(
+    texts: Iterable[str], tokenizer: PreTrainedTokenizerBase, max_tokens: int | None = None
+) -> np.ndarray:
+    """The whole token stream of :func:`encode_chunks` in memory, as ``uint16[N]``."""
+    return np.concatenate([np.empty(0, TOKEN_DTYPE), *encode_chunks(texts, tokenizer, max_tokens)])
+
+
+def cached_tokens(
+    path: Path | None,
+    texts: Iterable[str],
+    tokenizer: PreTrainedTokenizerBase,
+    max_tokens: int | None = None,
+) -> np.ndarray:
+    """The token stream of ``texts`` (see :func:`encode_chunks`) as ``uint16[N]``.
+
+    With a ``path``, the stream is memory-mapped from the file there; a missing file is built
+    first, streamed into a temporary file that is renamed into place only once complete, so an
+    interrupted build leaves nothing behind and a present file is always whole. ``texts`` is
+    consumed only when something is built: pass a generator to defer reading the corpus.
+    The file does not record its settings: give each setting its own path.
+    """
+    if path is None:
+        return encode_texts(texts, tokenizer, max_tokens)
+    if not path.exists():
+        _write_atomically(path, encode_chunks(texts, tokenizer, max_tokens))
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
+
+
+def _write_atomically(path: Path, chunks: Iterable[np.ndarray]) -> None:
+    """Write the concatenated ``chunks`` to ``path`` through a temporary file in the same folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            for chunk in chunks:
+                tmp.write(chunk.tobytes())
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)  # atomic on POSIX: readers see no file or the whole file
+    except BaseException:  # includes KeyboardInterrupt: an interrupted build must not linger
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+class TokenBlocks(Dataset):
+    """A token stream cut into blocks for next-token prediction.
+
+    Block ``i`` is the window ``tokens[i * block_size : (i + 1) * block_size + 1]`` of
+    ``block_size + 1`` tokens; consecutive windows share their boundary token, so every pair of
+    neighbouring tokens is a (input, target) pair of exactly one block. A tail too short for a
+    block is dropped.
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int) -> None:
+        if len(tokens) < block_size + 1:
+            raise ValueError(f"{len(tokens)} tokens cannot fill one block of {block_size} + 1 tokens")
+        self.tokens = tokens
+        self.block_size = block_size
+
+    def __len__(self) -> int:
+        return (len(self.tokens) - 1) // self.block_size
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        """``{"input_ids": long[block_size], "labels": long[block_size]}``, labels shifted by one."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"block {index} of {len(self)}")
+        start = index * self.block_size
+        block = torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
+        return {"input_ids": block[:-1], "labels": block[1:]}
+
+
+def language_model_bundle(
+    name: str,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray,
+    block_size: int,
+    tokenizer: PreTrainedTokenizerBase,
+) -> DataBundle:
+    """Train and validation token streams as blocks.
+
+    Returns a bundle whose batches are ``{"input_ids": long[B, block_size],
+    "labels": long[B, block_size]}``.
+    """
+    return DataBundle(
+        name=name,
+        spec=DataSpec(task="language_modeling", vocab_size=len(tokenizer)),
+        train=TokenBlocks(train_tokens, block_size),
+        val=TokenBlocks(val_tokens, block_size),
+        collate=default_collate,
+    )
+
+
+def openwebtext(
+    tokenizer: str = "gpt2-offline",
+    data_dir: str | None = None,
+    block_size: int = 1024,
+    token_budget: int | None = None,
+    val_fraction: float = 0.0005,
+    text_field: str = "text",
+) -> DataBundle:
+    """OpenWebText for GPT-2, with nanoGPT's validation split.
+
+    Args:
+        tokenizer: as :func:`~experiments.data.tokenization.load_tokenizer` names it.
+        data_dir: holds a ``save_to_disk`` copy under ``openwebtext/`` (else the hub is tried) and
+            the token cache under ``openwebtext-tokens/``; None keeps tokens in memory only.
+        block_size: tokens per example.
+        token_budget: at most this many training target tokens (``token_budget // block_size``
+            blocks); only the documents needed for them are tokenized. None: the whole split.
+        val_fraction: share of the documents held out for validation (shuffled, seed 2357).
+        text_field: the column holding each document.
+
+    Returns:
+        A bundle whose batches are ``{"input_ids": long[B, block_size],
+        "labels": long[B, block_size]}``.
+    """
+    tok = load_tokenizer(tokenizer)
+    # Read at most once, and only if some split's tokens are not cached yet.
+    corpus = functools.cache(functools.partial(_openwebtext_splits, data_dir, val_fraction))
+    settings = {
+        "tokenizer": tokenizer,
+        "vocab_size": len(tok),
+        "val_fraction": val_fraction,
+        "text_field": text_field,
+    }
+
+    def split_tokens(split: str, max_tokens: int | None) -> np.ndarray:
+        path = None if data_dir is None else _cache_path(data_dir, split, max_tokens=max_tokens, **settings)
+        return cached_tokens(path, _documents(corpus, split, text_field), tok, max_tokens)
+
+    # One token more than the budget: the last target token needs its input.
+    train = split_tokens("train", None if token_budget is None else token_budget + 1)
+    return language_model_bundle("openwebtext", train, split_tokens("val", None), block_size, tok)
+
+
+def _openwebtext_splits(data_dir: str | None, val_fraction: float) -> DatasetDict:
+    """OpenWebText's documents as ``train`` and ``val`` splits (it ships only ``train``)."""
+    corpus = load_saved_or_hub("Skylion007/openwebtext", None, data_dir, "openwebtext")
+    split = corpus["train"].train_test_split(test_size=val_fraction, seed=_SPLIT_SEED, shuffle=True)
+    return DatasetDict(train=split["train"], val=split["test"])
+
+
+def _documents(corpus: Callable[[], DatasetDict], split: str, field: str) -> Iterator[str]:
+    """The texts of one split; a generator, so the corpus is loaded only if it is iterated."""
+    for batch in corpus()[split].iter(batch_size=_DOCS_PER_CALL):
+        yield from batch[field]
+
+
+def _cache_path(data_dir: str, split: str, **settings: object) -> Path:
+    """Where the tokens of ``split`` made with ``settings`` are cached: one file per setting."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(data_dir, "openwebtext-tokens", f"{split}-{digest}.uint16")

