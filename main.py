@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from experiments.config import ConfigError, register_schema
+from experiments.distributed import is_main_process
 from experiments.runner import run
+from experiments.trainer import Interrupted, TrainingDiverged
 
 register_schema()
 
@@ -40,11 +43,18 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = run(cfg, run_dir)
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
+    except (ConfigError, FileNotFoundError) as error:  # a wrong setting or missing data/model
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    print(f"record: {run_dir}")
-    print(one_line(summary))
+    except TrainingDiverged as error:
+        print(f"failed: {error} (record: {run_dir})", file=sys.stderr)
+        sys.exit(3)
+    except Interrupted as error:
+        print(f"interrupted: {error} (record: {run_dir})", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
+    if is_main_process():  # under torchrun, rank 0 alone reports: it wrote the record
+        print(f"record: {run_dir}")
+        print(one_line(summary))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 
 class Precision(enum.Enum):
@@ -60,7 +61,7 @@ class OptimizerConfig:
 @dataclass
 class ModelConfig:
     name: str = MISSING
-    tokenizer: Optional[str] = None  # read by text datasets as ${model.tokenizer}
+    tokenizer: Optional[str] = MISSING  # null for non-text models; text datasets read ${model.tokenizer}
     build: Any = MISSING  # the runner passes spec=
 
 
@@ -88,6 +89,7 @@ class TrainerConfig:
     num_workers: int = 0
     loss_smoothing: float = 0.98  # EMA factor of the smoothed training loss
     max_grad_norm: Optional[float] = None  # clip inside the closure (GPT-2 runs: 1.0)
+    max_bad_steps: int = 20  # consecutive steps with a non-finite loss or gradient before stopping
     progress: bool = True
 
 
@@ -135,6 +137,7 @@ def check_values(cfg: DictConfig) -> None:
         "trainer.epochs": trainer.epochs,
         "trainer.log_interval": trainer.log_interval,
         "trainer.keep_checkpoints": trainer.keep_checkpoints,
+        "trainer.max_bad_steps": trainer.max_bad_steps,
     }
     if trainer.max_steps is not None:
         positive["trainer.max_steps"] = trainer.max_steps
@@ -165,7 +168,10 @@ def check_build_blocks(cfg: DictConfig) -> None:
     Values of keys annotated ``int``/``float``/``bool``/``str`` must have that type.
     """
     for group, passed_by_runner in (("optimizer", {"params"}), ("model", {"spec"}), ("dataset", set())):
-        build = OmegaConf.to_container(cfg[group].build, resolve=True)
+        try:
+            build = OmegaConf.to_container(cfg[group].build, resolve=True, throw_on_missing=True)
+        except (MissingMandatoryValue, InterpolationToMissingValueError) as error:
+            raise ConfigError(f"{group}.build: a value it needs must be set ({error.msg})") from error
         if not isinstance(build, dict) or "_target_" not in build:
             raise ConfigError(f"{group}.build must be a mapping with a _target_")
         target = _import(f"{group}.build._target_", build["_target_"])

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import netrc
 import os
 from pathlib import Path
 from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
+
+from .config import ConfigError
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -59,11 +62,7 @@ class RunRecord:
         """Drop rows logged after the checkpoint we resume from: they will be logged again."""
         if not self.metrics_path.exists():
             return
-        kept = [
-            line
-            for line in self.metrics_path.read_text().splitlines()
-            if line.strip() and _row_step(line) <= step
-        ]
+        kept = [line for line in self.metrics_path.read_text().splitlines() if _row_step(line) <= step]
         write_atomically(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def log(self, row: dict[str, Any]) -> None:
@@ -78,11 +77,37 @@ class RunRecord:
         self.write_summary(summary)
 
 
-def _row_step(line: str) -> int:
+def _row_step(line: str) -> float:
+    """The step of a metrics row; infinite for a line that is not one (the torn last line of a
+    killed run), so that resuming drops it."""
     try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return 0  # a torn last line from a killed run: keep it out of the step filter's way
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def check_wandb(settings: DictConfig) -> None:
+    """Fail before any work when wandb cannot log as configured: not installed, or online with
+    no credentials (``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc)."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError as error:
+        raise ConfigError("logger=wandb needs the wandb package: pip install -e '.[wandb]'") from error
+    mode = settings.mode.value if hasattr(settings.mode, "value") else str(settings.mode)
+    if mode == "online" and os.environ.get("WANDB_MODE") not in ("offline", "disabled") and not _wandb_key_known():
+        raise ConfigError(
+            "logger.wandb.mode=online needs credentials: run `wandb login` or set WANDB_API_KEY; "
+            "or use logger.wandb.mode=offline (sync later with `wandb sync`) or disabled"
+        )
+
+
+def _wandb_key_known() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
 
 
 class WandbSink:
@@ -90,11 +115,8 @@ class WandbSink:
     or ``WANDB_API_KEY``; this project never writes it anywhere."""
 
     def __init__(self, settings: DictConfig, cfg: DictConfig, run_dir: Path, name: str) -> None:
-        try:
-            import wandb
-        except ImportError as error:
-            raise RuntimeError("logger=wandb needs the wandb package: pip install -e '.[wandb]'") from error
-        self._wandb = wandb
+        import wandb
+
         mode = settings.mode.value if hasattr(settings.mode, "value") else str(settings.mode)
         self.run = wandb.init(
             mode=mode,
@@ -120,18 +142,21 @@ class WandbSink:
 
 
 class Loggers:
-    """Fans every row out to the run record and the optional sinks."""
+    """Fans every row out to the run record and the optional sinks. ``record`` is ``None`` on
+    the ranks of a multi-process run other than rank 0 (which alone writes the record)."""
 
-    def __init__(self, record: RunRecord, sinks: list[MetricsSink]) -> None:
+    def __init__(self, record: RunRecord | None, sinks: list[MetricsSink]) -> None:
         self.record = record
         self.sinks = sinks
 
     def log(self, row: dict[str, Any]) -> None:
-        self.record.log(row)
+        if self.record is not None:
+            self.record.log(row)
         for sink in self.sinks:
             sink.log(row)
 
     def finish(self, summary: dict[str, Any]) -> None:
-        self.record.finish(summary)
+        if self.record is not None:
+            self.record.finish(summary)
         for sink in self.sinks:
             sink.finish(summary)

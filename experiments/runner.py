@@ -8,6 +8,7 @@ directory gets ``summary.json`` with ``status: running`` at the start and ``fini
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import random
 import time
@@ -18,13 +19,15 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
 from optim import ClosureOptimizer
 
+from . import distributed
 from .checkpoint import load_latest_checkpoint
 from .config import ConfigError, Device, check_build_blocks, check_values
-from .logging import SUMMARY, Loggers, MetricsSink, RunRecord, WandbSink
-from .trainer import Trainer
+from .logging import SUMMARY, Loggers, MetricsSink, RunRecord, WandbSink, check_wandb
+from .trainer import Interrupted, Trainer
 
 
 def seed_everything(seed: int) -> None:
@@ -54,13 +57,27 @@ def cosine_warmup(warmup_fraction: float, final_factor: float, total_steps: int)
 
 
 def versions() -> dict[str, str]:
-    found = {"torch": torch.__version__}
-    for name in ("transformers", "torchvision", "datasets"):
+    """Versions of the libraries a result depends on (read from metadata: nothing is imported)."""
+    found = {}
+    for name in ("torch", "transformers", "torchvision", "datasets", "salsa-linesearch"):
         try:
-            found[name] = __import__(name).__version__
-        except ImportError:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             pass
     return found
+
+
+def build(cfg: DictConfig, group: str, **objects: Any) -> Any:
+    """Call the ``_target_`` of ``cfg.<group>.build`` with its keys and ``objects``.
+
+    The objects are passed to a partial rather than merged into the config (Hydra would convert
+    them); a value the target rejects becomes a :class:`ConfigError` naming the group.
+    """
+    factory = instantiate(cfg[group].build, _partial_=True, _convert_="all")
+    try:
+        return factory(**objects)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{group}.build: {error}") from error
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
@@ -73,31 +90,54 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Train the run described by ``cfg`` in ``run_dir``; returns its summary."""
+    """Train the run described by ``cfg`` in ``run_dir``; returns its summary.
+
+    Under ``torchrun`` every rank calls this: each joins the process group, trains its shard of
+    the data through DistributedDataParallel, and leaves the group at the end (also on failure).
+    Only rank 0 writes the run record, wandb and the checkpoints, in rank 0's ``run_dir``.
+    """
+    process = distributed.setup(pick_device(cfg.trainer.device))
+    try:
+        return _run(cfg, Path(distributed.broadcast_from_main(str(run_dir))), process)
+    finally:
+        distributed.teardown()
+
+
+def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process) -> dict[str, Any]:
     check_values(cfg)
     check_build_blocks(cfg)
     check_run_dir(run_dir, cfg.trainer.resume)
-    device = pick_device(cfg.trainer.device)
-    seed_everything(cfg.seed)
+    if cfg.logger.wandb is not None:
+        check_wandb(cfg.logger.wandb)
+    distributed.barrier()  # every rank has checked run_dir before rank 0 writes to it
+    device = process.device
+    seed_everything(cfg.seed)  # the same seed on every rank: the same initial model
 
-    data = instantiate(cfg.dataset.build, _convert_="all")
-    # Objects are passed to the partials, not merged into the config (Hydra would convert them).
-    model = instantiate(cfg.model.build, _partial_=True, _convert_="all")(spec=data.spec).to(device)
-    optimizer = instantiate(cfg.optimizer.build, _partial_=True, _convert_="all")(params=model.parameters())
+    data = build(cfg, "dataset")
+    model = build(cfg, "model", spec=data.spec).to(device)
+    forward_model = model  # the trainer saves `model`'s state; the closure calls its DDP wrapper
+    if process.world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        forward_model = DistributedDataParallel(model, device_ids=device_ids)
+    optimizer = build(cfg, "optimizer", params=model.parameters())
     if cfg.optimizer.schedule is not None and isinstance(optimizer, ClosureOptimizer):
         raise ConfigError(
             f"optimizer={cfg.optimizer.name} chooses its own step size; set optimizer.schedule=null"
         )
 
     checkpoint = load_latest_checkpoint(run_dir) if cfg.trainer.resume else None
-    record = RunRecord(run_dir, cfg, resume_from_step=checkpoint["trainer"]["step"] if checkpoint else None)
+    # Resuming keeps the rows up to the checkpoint (all of them are logged again otherwise).
+    resume_from_step = (checkpoint["trainer"]["step"] if checkpoint else 0) if cfg.trainer.resume else None
+    # Only rank 0 writes the record and wandb; the other ranks log nowhere.
+    record = RunRecord(run_dir, cfg, resume_from_step=resume_from_step) if process.is_main else None
     sinks: list[MetricsSink] = []
-    if cfg.logger.wandb is not None:
+    if cfg.logger.wandb is not None and process.is_main:
         sinks.append(WandbSink(cfg.logger.wandb, cfg, run_dir, name=run_dir.name))
     loggers = Loggers(record, sinks)
 
     trainer_cfg = OmegaConf.to_object(cfg.trainer)
-    trainer = Trainer(trainer_cfg, model, optimizer, None, data, loggers, run_dir, device, cfg.seed)
+    trainer = Trainer(trainer_cfg, model, optimizer, None, data, loggers, run_dir, device, cfg.seed,
+                      forward_model=forward_model, rank=process.rank, world_size=process.world_size)
     if cfg.optimizer.schedule is not None:
         schedule = cfg.optimizer.schedule
         trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -109,15 +149,17 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     header = {
         "run_dir": str(run_dir), "optimizer": cfg.optimizer.name, "label": cfg.optimizer.label,
         "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
-        "total_steps": trainer.total_steps, "versions": versions(),
+        "total_steps": trainer.total_steps, "world_size": process.world_size, "versions": versions(),
     }
-    record.write_summary({"status": "running", **header})
+    if record is not None:
+        record.write_summary({"status": "running", **header})
     started = time.perf_counter()
     try:
         summary = {"status": "finished", **header, **trainer.fit()}
     except BaseException as error:  # the record says what happened, then the error propagates
-        summary = {"status": "failed", **header, "error": f"{type(error).__name__}: {error}",
-                   "steps": trainer.state.step, "final_loss": trainer.state.last_loss}
+        summary = {"status": "interrupted" if isinstance(error, Interrupted) else "failed", **header,
+                   "error": f"{type(error).__name__}: {error}", "steps": trainer.state.step,
+                   "final_loss": trainer.state.last_loss, "bad_steps": trainer.state.bad_steps}
         raise
     finally:
         summary["wall_time"] = time.perf_counter() - started

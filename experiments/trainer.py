@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,15 +29,32 @@ from optim import ClosureOptimizer
 from .checkpoint import capture_rng, restore_rng, save_checkpoint
 from .config import Precision, TrainerConfig
 from .data import DataBundle
+from .distributed import mean_over_ranks
 from .logging import Loggers
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM (e.g. a SLURM pre-emption) stopped the run after writing a checkpoint."""
 
 
 class EpochSampler(Sampler[int]):
     """The indices of one epoch, from position ``start``: a permutation seeded by (seed, epoch)
-    when shuffling, the stored order otherwise. Resuming mid-epoch needs only the position."""
+    when shuffling, the stored order otherwise. Resuming mid-epoch needs only the position.
 
-    def __init__(self, size: int, seed: int, epoch: int, start: int, shuffle: bool) -> None:
+    With ``world_size`` ranks, every rank builds the same order, pads it by wrap-around to a
+    multiple of ``world_size`` and takes every ``world_size``-th index from ``rank`` on: disjoint
+    shards of equal length, so all ranks take the same number of steps. ``start`` counts within
+    this rank's shard."""
+
+    def __init__(self, size: int, seed: int, epoch: int, start: int, shuffle: bool,
+                 rank: int = 0, world_size: int = 1) -> None:
         self.size, self.seed, self.epoch, self.start, self.shuffle = size, seed, epoch, start, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.shard_size = math.ceil(size / world_size)
 
     def _order(self) -> list[int]:
         if not self.shuffle:
@@ -43,11 +62,16 @@ class EpochSampler(Sampler[int]):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.size, generator=generator).tolist()
 
+    def _shard(self) -> list[int]:
+        order = self._order()
+        padded = [order[i % self.size] for i in range(self.shard_size * self.world_size)]
+        return padded[self.rank :: self.world_size]
+
     def __iter__(self) -> Iterator[int]:
-        return iter(self._order()[self.start :])
+        return iter(self._shard()[self.start :])
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return self.shard_size - self.start
 
 
 @dataclass
@@ -66,6 +90,8 @@ class TrainState:
     last_eval: dict[str, float] = field(default_factory=dict)
     last_eval_step: int = -1
     last_checkpoint_step: int = -1
+    bad_steps: int = 0  # steps whose loss or gradient was not finite (skipped)
+    consecutive_bad_steps: int = 0
     timing: dict[str, float] = field(default_factory=lambda: {"data": 0.0, "step": 0.0, "bookkeeping": 0.0, "eval": 0.0})
 
     def smoothed_loss(self) -> float:
@@ -91,10 +117,20 @@ class Trainer:
         run_dir: Path,
         device: torch.device,
         seed: int,
+        *,
+        forward_model: nn.Module | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        """``model`` is the module whose state is trained and saved; ``forward_model`` (default:
+        ``model``) is what the closure and evaluation call, e.g. its DistributedDataParallel
+        wrapper. ``rank``/``world_size``: this process's shard of the training data; only rank 0
+        writes checkpoints."""
         self.cfg = cfg
         self.model = model
-        self.forward_model = torch.compile(model) if cfg.compile else model
+        forward_model = model if forward_model is None else forward_model
+        self.forward_model = torch.compile(forward_model) if cfg.compile else forward_model
+        self.rank, self.world_size = rank, world_size
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.data = data
@@ -103,9 +139,10 @@ class Trainer:
         self.device = device
         self.seed = seed
         self.state = TrainState()
-        self.steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+        self.steps_per_epoch = math.ceil(math.ceil(len(data.train) / world_size) / cfg.batch_size)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.language_modeling = data.spec.task == "language_modeling"
+        self._stop_requested = threading.Event()
 
     # -- state ------------------------------------------------------------------------------
     def checkpoint_payload(self) -> dict[str, Any]:
@@ -128,7 +165,9 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         self.state.last_checkpoint_step = self.state.step
-        save_checkpoint(self.run_dir, self.state.step, self.checkpoint_payload(), self.cfg.keep_checkpoints)
+        if self.rank == 0:  # the ranks hold the same state; every rank reads it on resume
+            payload = self.checkpoint_payload()
+            save_checkpoint(self.run_dir, self.state.step, payload, self.cfg.keep_checkpoints)
 
     # -- one step ---------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -151,11 +190,23 @@ class Trainer:
 
         return closure
 
-    def optimizer_step(self, closure: Callable[..., Tensor]) -> Tensor:
+    def optimizer_step(self, closure: Callable[..., Tensor]) -> tuple[float, bool]:
+        """One optimizer step; returns the loss and whether the step was skipped because the
+        loss or the gradient was not finite."""
         if isinstance(self.optimizer, ClosureOptimizer):
-            return self.optimizer.step(closure)
-        # PyTorch's optimizers call closure() under enable_grad and expect it to backpropagate.
-        return self.optimizer.step(lambda: closure(backwards=True))
+            skipped_before = self.optimizer.diagnostics["n_skipped"]
+            self.optimizer.step(closure)
+            loss = float(self.optimizer.diagnostics["loss"])  # L0, already averaged over ranks
+            return loss, self.optimizer.diagnostics["n_skipped"] > skipped_before
+        # PyTorch's optimizers have no skip of their own: a non-finite loss or gradient must not
+        # reach them, or it lands in the parameters and the moments.
+        loss = mean_over_ranks(closure(backwards=True).detach())  # the same loss on every rank
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.stack(torch._foreach_norm(grads)).norm() if grads else torch.zeros(())
+        finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+        return loss.item(), not finite
 
     def _step_size(self) -> float:
         diagnostics = getattr(self.optimizer, "diagnostics", None)
@@ -170,7 +221,10 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Loss and accuracy (classification) or perplexity (language modelling) on ``val``."""
+        """Loss and accuracy (classification) or perplexity (language modelling) on ``val``.
+
+        Under DDP every rank evaluates the whole validation split (no sharding, so no reduction
+        and identical numbers on every rank); only rank 0's loggers write them."""
         self.model.eval()
         loader = DataLoader(
             self.data.val,
@@ -215,6 +269,7 @@ class Trainer:
         sampler = EpochSampler(
             len(self.data.train), self.seed, self.state.epoch,
             self.state.batch_in_epoch * self.cfg.batch_size, self.cfg.shuffle,
+            rank=self.rank, world_size=self.world_size,
         )
         return DataLoader(
             self.data.train,
@@ -233,32 +288,81 @@ class Trainer:
         state = self.state
         progress = tqdm(total=self.total_steps, initial=state.step, disable=not self.cfg.progress,
                         desc="train", dynamic_ncols=True)
-        while state.step < self.total_steps:
-            t0 = time.perf_counter()
-            for batch in self._loader():  # the rest of the current epoch
-                batch = self._to_device(batch)
-                t1 = time.perf_counter()
-                self.optimizer.zero_grad(set_to_none=True)
-                loss = self.optimizer_step(self.make_closure(batch)).item()
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                t2 = time.perf_counter()
-                self._after_step(loss, t2 - t0)
-                progress.update(1)
-                t3 = time.perf_counter()
-                self._evaluate_or_checkpoint_when_due()
-                state.timing["data"] += t1 - t0
-                state.timing["step"] += t2 - t1
-                state.timing["bookkeeping"] += t3 - t2
-                if state.step >= self.total_steps:
-                    break
-                t0 = time.perf_counter()
+        with self._checkpoint_on_sigterm():
+            self._train(progress)
         progress.close()
         if state.last_eval_step != state.step:
             self._record_eval()
         if state.last_checkpoint_step != state.step:
             self._checkpoint()
         return self.summary()
+
+    def _train(self, progress: tqdm) -> None:
+        state = self.state
+        while state.step < self.total_steps:
+            t0 = time.perf_counter()
+            for batch in self._loader():  # the rest of the current epoch
+                batch = self._to_device(batch)
+                t1 = time.perf_counter()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss, skipped = self.optimizer_step(self.make_closure(batch))
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                t2 = time.perf_counter()
+                self._after_step(loss, t2 - t0)
+                self._count_bad_step(skipped or not math.isfinite(loss))
+                progress.update(1)
+                t3 = time.perf_counter()
+                self._evaluate_or_checkpoint_when_due()
+                state.timing["data"] += t1 - t0
+                state.timing["step"] += t2 - t1
+                state.timing["bookkeeping"] += t3 - t2
+                if self._stop_agreed():
+                    self._checkpoint()
+                    raise Interrupted(
+                        f"stopped by SIGTERM after step {state.step}; a checkpoint is written: "
+                        "continue with trainer.resume=true"
+                    )
+                if state.step >= self.total_steps:
+                    break
+                t0 = time.perf_counter()
+
+    def _stop_agreed(self) -> bool:
+        """Whether any rank received SIGTERM: the ranks see the signal between different steps,
+        and all must stop after the same one (rank 0 would otherwise wait for the others)."""
+        stop = self._stop_requested.is_set()
+        if self.world_size > 1:
+            stop = bool(mean_over_ranks(torch.tensor(float(stop), device=self.device)) > 0)
+        return stop
+
+    @contextlib.contextmanager
+    def _checkpoint_on_sigterm(self) -> Iterator[None]:
+        """Turn SIGTERM into 'checkpoint after this step and stop' while training."""
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signal handlers can only be installed from the main thread
+            return
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_requested.set())
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _count_bad_step(self, bad: bool) -> None:
+        """Steps with a non-finite loss or gradient are skipped by the step itself; only a storm
+        of them in a row ends the run, with the last good checkpoint kept."""
+        state = self.state
+        if not bad:
+            state.consecutive_bad_steps = 0
+            return
+        state.bad_steps += 1
+        state.consecutive_bad_steps += 1
+        if state.consecutive_bad_steps >= self.cfg.max_bad_steps:
+            raise TrainingDiverged(
+                f"{state.consecutive_bad_steps} consecutive steps (up to step {state.step}) had a "
+                f"non-finite loss or gradient; the last good checkpoint is step "
+                f"{state.last_checkpoint_step}. Check the data and the model's numerics (or raise "
+                "trainer.max_bad_steps)"
+            )
 
     def _after_step(self, loss: float, seconds: float) -> None:
         """Counters, the smoothed loss and the metrics row of the step just taken."""
@@ -287,7 +391,7 @@ class Trainer:
         epoch_ended = state.batch_in_epoch == 0
         if (cfg.eval_interval and state.step % cfg.eval_interval == 0) or (not cfg.eval_interval and epoch_ended):
             self._record_eval()
-        if cfg.checkpoint_interval and state.step % cfg.checkpoint_interval == 0:
+        if cfg.checkpoint_interval and state.step % cfg.checkpoint_interval == 0 and not state.consecutive_bad_steps:
             start = time.perf_counter()
             self._checkpoint()
             state.timing["bookkeeping"] += time.perf_counter() - start
@@ -305,6 +409,7 @@ class Trainer:
             "final_step_size": self._step_size(),
             **{f"final_{k}": v for k, v in state.last_eval.items()},
             **{f"best_{k}": v for k, v in state.best_eval.items()},
+            "bad_steps": state.bad_steps,
             "train_time": state.elapsed,
             "timing": timing,
             "harness_overhead": overhead,
