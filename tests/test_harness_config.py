@@ -108,3 +108,17 @@ def test_main_exits_nonzero_with_a_clear_message_and_no_success_record(tmp_path)
     assert result.returncode != 0
     assert "trainer.batch_size must be positive" in result.stderr
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_slurm_launcher_config_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    from experiments.config import register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.gpus_per_node == 1 and launcher.max_num_timeout == 3
