@@ -7,7 +7,9 @@ Everything here is about *calling the closure*; the search itself lives in ``lin
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
+import types
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -31,6 +33,9 @@ def check_closure(closure: Closure | None) -> Closure:
         )
     if not callable(closure):
         raise TypeError(f"closure: expected a callable, got {type(closure).__name__}")
+    code = getattr(closure, "__code__", None)
+    if code is not None and _code_takes_backwards(code):
+        return closure  # the common case, without inspect.signature's cost on every step
     try:
         parameters = inspect.signature(closure).parameters
     except (TypeError, ValueError):  # builtins and some C callables expose no signature
@@ -45,6 +50,13 @@ def check_closure(closure: Closure | None) -> Closure:
             "backwards is true)"
         )
     return closure
+
+
+@functools.lru_cache(maxsize=256)
+def _code_takes_backwards(code: types.CodeType) -> bool:
+    """Whether a function with this code object accepts ``backwards`` (or any keyword)."""
+    names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    return "backwards" in names or bool(code.co_flags & inspect.CO_VARKEYWORDS)
 
 
 def rng_devices(params: Iterable[Tensor]) -> tuple[str | None, list[int]]:

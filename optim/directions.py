@@ -116,17 +116,15 @@ class AdamDirection:
             self._buffer = [torch.empty_like(p) for p in t.params]
         bc1, bc2 = self._corrections(t.step)
         buf = self._buffer
-        # buf <- 1 / (sqrt(v / bc2) + eps), then times g or m / bc1.
-        torch._foreach_copy_(buf, [s["exp_avg_sq"] for s in t.states])
-        torch._foreach_sqrt_(buf)
-        torch._foreach_mul_(buf, 1.0 / math.sqrt(bc2))
-        torch._foreach_add_(buf, self.eps)
-        torch._foreach_reciprocal_(buf)
-        if along == "gradient":
-            torch._foreach_mul_(buf, t.grads)
-        else:
-            torch._foreach_mul_(buf, [s["exp_avg"] for s in t.states])
-            torch._foreach_mul_(buf, 1.0 / bc1)
+        numerators = t.grads if along == "gradient" else [s["exp_avg"] for s in t.states]
+        # x / (sqrt(v / bc2) + eps) = sqrt(bc2) * x / (sqrt(v) + eps sqrt(bc2)): four passes over
+        # memory and no allocation (foreach ops have no out= form, so sqrt and div are per tensor).
+        for b, v in zip(buf, (s["exp_avg_sq"] for s in t.states)):
+            torch.sqrt(v, out=b)
+        torch._foreach_add_(buf, self.eps * math.sqrt(bc2))
+        for b, x in zip(buf, numerators):
+            torch.div(x, b, out=b)
+        torch._foreach_mul_(buf, math.sqrt(bc2) / (1.0 if along == "gradient" else bc1))
         self._buffer_holds = along
         return buf
 
