@@ -28,7 +28,8 @@ speed-up rule a block mixes steps with and without a search: a median of step ti
 separate median of trial times would then come from different steps. When every step runs the
 same trials, this is ``median(step) - (t_Adam + median(trial forwards))``. L4 runs no trials:
 its excess is its step time minus ``t_Adam``. An optimizer's excess is the median over its
-blocks, in ms and in % of ``t_Adam``.
+blocks, in ms and in % of ``t_Adam``. The limit assumes at least Adam's update work: SLS with
+its default SGD direction keeps no moments and can come out below it (a negative excess).
 
 Optimizer memory is what the optimizer holds between steps: the tensors in ``opt.state``
 (walked recursively, each storage counted once) plus the scratch direction buffer of this
@@ -51,6 +52,7 @@ import copy
 import datetime
 import io
 import json
+import os
 import platform
 import statistics
 import sys
@@ -115,9 +117,14 @@ def mlp() -> nn.Module:
 
 def small_cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 8 * 8, 10),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 8 * 8, 10),
     )
 
 
@@ -144,7 +151,9 @@ WORKLOADS = {
         Workload("cnn", small_cnn, lambda g: torch.randn(64, 3, 32, 32, generator=g)),
         Workload(
             "transformer",
-            lambda: TransformerClassifier(1000, 128, d_model=256, nhead=4, dim_feedforward=1024, num_layers=4),
+            lambda: TransformerClassifier(
+                1000, 128, d_model=256, nhead=4, dim_feedforward=1024, num_layers=4
+            ),
             lambda g: torch.randint(1000, (16, 128), generator=g),
         ),
         Workload(
@@ -244,14 +253,13 @@ class Contender:
     """One optimizer with its own copy of the model."""
 
     spec: OptimizerSpec
-    model: nn.Module
     opt: torch.optim.Optimizer
     closure: TimedClosure
 
 
 def make_contender(spec: OptimizerSpec, model: nn.Module, batch: Batch, sync: Sync) -> Contender:
     own = copy.deepcopy(model)
-    return Contender(spec, own, spec.make(own.parameters()), TimedClosure(own, batch, sync))
+    return Contender(spec, spec.make(own.parameters()), TimedClosure(own, batch, sync))
 
 
 # -- the interleaved run --------------------------------------------------------------------------
@@ -278,10 +286,10 @@ def run_block(contender: Contender, round_index: int, steps: int, sync: Sync) ->
         start = time.perf_counter()
         loss = contender.spec.step(contender.opt, closure)
         sync()
-        block.step_ms.append(1e3 * (time.perf_counter() - start))
-        block.trial_ms.append(1e3 * closure.trial_seconds)
+        block.step_ms.append(round(1e3 * (time.perf_counter() - start), 4))
+        block.trial_ms.append(round(1e3 * closure.trial_seconds, 4))
         block.forwards.append(closure.calls)
-    block.last_loss = float(loss)
+    block.last_loss = float(loss.detach())
     return block
 
 
@@ -334,7 +342,9 @@ def optimizer_bytes(opt: torch.optim.Optimizer) -> int:
     return tensor_bytes([*opt.state.values(), *scratch])
 
 
-def summarise(contender: Contender, blocks: list[dict[str, float]], raw: list[Block], param_bytes: int) -> dict:
+def summarise(
+    contender: Contender, blocks: list[dict[str, float]], raw: list[Block], param_bytes: int
+) -> dict:
     """One optimizer over its measured blocks (``blocks``: their stats, ``raw``: their steps)."""
     steps = [ms for block in raw for ms in block.step_ms]
     memory = optimizer_bytes(contender.opt)
@@ -357,7 +367,10 @@ def versus_reference(summary: dict[str, dict]) -> dict[str, float | None] | None
         return None
     ours, reference = summary[OURS], summary[REFERENCE]
     reduction = 100.0 * (1.0 - ours["excess_ms"] / reference["excess_ms"]) if reference["excess_ms"] else None
-    return {"ms_per_step_ratio": ours["ms_per_step"] / reference["ms_per_step"], "excess_reduction_pct": reduction}
+    return {
+        "ms_per_step_ratio": ours["ms_per_step"] / reference["ms_per_step"],
+        "excess_reduction_pct": reduction,
+    }
 
 
 # -- one workload ---------------------------------------------------------------------------------
@@ -367,7 +380,9 @@ def synchronizer(device: torch.device) -> Sync:
     return torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
 
-def bench_workload(workload: Workload, specs: list[OptimizerSpec], device: torch.device, steps: int, block: int) -> dict:
+def bench_workload(
+    workload: Workload, specs: list[OptimizerSpec], device: torch.device, steps: int, block: int
+) -> dict:
     torch.manual_seed(SEED)
     model = workload.build().to(device).train()
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -378,15 +393,16 @@ def bench_workload(workload: Workload, specs: list[OptimizerSpec], device: torch
 
     baselines = {b.round: b for b in blocks if b.optimizer == BASELINE}
     measured = [b for b in blocks if b.round > 0]  # round 0 is the warm-up
-    stats = {id(b): block_stats(b, baselines[b.round]) for b in measured}
+    stats = {(b.round, b.optimizer): block_stats(b, baselines[b.round]) for b in measured}
     summary = {}
     for contender in contenders:
         raw = [b for b in measured if b.optimizer == contender.spec.name]
-        summary[contender.spec.name] = summarise(contender, [stats[id(b)] for b in raw], raw, param_bytes)
+        own_stats = [stats[b.round, b.optimizer] for b in raw]
+        summary[contender.spec.name] = summarise(contender, own_stats, raw, param_bytes)
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "param_bytes": param_bytes,
-        "blocks": [{**asdict(b), **stats.get(id(b), {})} for b in blocks],
+        "blocks": [{**asdict(b), **stats.get((b.round, b.optimizer), {})} for b in blocks],
         "summary": summary,
         "salsa_vs_reference": versus_reference(summary),
     }
@@ -395,39 +411,67 @@ def bench_workload(workload: Workload, specs: list[OptimizerSpec], device: torch
 # -- report ---------------------------------------------------------------------------------------
 
 
+COLUMNS = (
+    "workload",
+    "optimizer",
+    "ms/step",
+    "forwards/step",
+    "trial fwd ms/step",
+    "excess ms",
+    "excess % of t_Adam",
+    "memory (x params)",
+)
+
+
+def table_row(cells: Iterable[object]) -> str:
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
+
+
 def markdown(results: dict[str, dict], meta: dict[str, Any]) -> str:
+    setting = (
+        f"torch {meta['torch']}, {meta['threads']} threads, {meta['steps']} steps per optimizer in "
+        f"interleaved blocks of {meta['block']} (first round discarded), {meta['date']}, "
+        f"load average {meta['load_average'][0]:.2f} at the start, {meta['load_average_end'][0]:.2f} at the end."
+    )
+    definition = (
+        "Excess: median over blocks of [median over steps of (step time - own trial forwards) - t_Adam], "
+        "t_Adam = median Adam step time of the same round."
+    )
     lines = [
         f"# Optimizer step cost on {meta['device']} ({meta['device_name']})",
         "",
-        f"torch {meta['torch']}, {meta['threads']} threads, {meta['steps']} steps per optimizer in "
-        f"interleaved blocks of {meta['block']} (first round discarded), {meta['date']}.",
-        "Excess: median over blocks of [median over steps of (step time - own trial forwards) - t_Adam], "
-        "t_Adam = median Adam step time of the same round.",
+        setting,
+        definition,
         "",
-        "| workload | optimizer | ms/step | forwards/step | trial fwd ms/step | excess ms | "
-        "excess % of t_Adam | memory (x params) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        table_row(COLUMNS),
+        table_row(["---"] * 2 + ["---:"] * (len(COLUMNS) - 2)),
     ]
     for workload, result in results.items():
         for name, s in result["summary"].items():
-            excess = ("baseline", "baseline") if name == BASELINE else (
-                f"{s['excess_ms']:.2f}", f"{s['excess_pct']:.1f}%"
+            excess_cells = (
+                ["baseline"] * 2 if name == BASELINE else [f"{s['excess_ms']:.2f}", f"{s['excess_pct']:.1f}%"]
             )
+            memory = f"{s['memory_mb']:.1f} MB ({s['memory_x_params']:.2f}x)"
             lines.append(
-                f"| {workload} | {name} | {s['ms_per_step']:.2f} | {s['forwards_per_step']:.2f} | "
-                f"{s['trial_fwd_ms_per_step']:.2f} | {excess[0]} | {excess[1]} | "
-                f"{s['memory_mb']:.1f} MB ({s['memory_x_params']:.2f}x) |"
+                table_row(
+                    [
+                        workload,
+                        name,
+                        f"{s['ms_per_step']:.2f}",
+                        f"{s['forwards_per_step']:.2f}",
+                        f"{s['trial_fwd_ms_per_step']:.2f}",
+                        *excess_cells,
+                        memory,
+                    ]
+                )
             )
     comparisons = {w: r["salsa_vs_reference"] for w, r in results.items() if r["salsa_vs_reference"]}
     if comparisons:
-        lines += [
-            "",
-            f"| workload | ms/step {OURS} / reference | excess reduction vs reference |",
-            "|---|---:|---:|",
-        ]
+        lines += ["", table_row(["workload", f"ms/step {OURS} / reference", "excess reduction vs reference"])]
+        lines.append(table_row(["---", "---:", "---:"]))
         for workload, c in comparisons.items():
             reduction = "n/a" if c["excess_reduction_pct"] is None else f"{c['excess_reduction_pct']:.0f}%"
-            lines.append(f"| {workload} | {c['ms_per_step_ratio']:.3f} | {reduction} |")
+            lines.append(table_row([workload, f"{c['ms_per_step_ratio']:.3f}", reduction]))
     return "\n".join(lines) + "\n"
 
 
@@ -469,6 +513,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def write_report(out: Path, meta: dict[str, Any], results: dict[str, dict]) -> str:
+    """Write ``bench_optim_<device>.json`` and ``.md`` under ``out``; return the Markdown."""
+    table = markdown(results, meta)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"bench_optim_{meta['device']}"
+    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(table)
+    return table
+
+
 @contextlib.contextmanager
 def reported(label: str) -> Iterator[None]:
     """Progress on stderr (stdout carries the table)."""
@@ -493,16 +547,14 @@ def main(argv: list[str] | None = None) -> None:
         "block": args.block,
         "optimizers": [spec.name for spec in specs],
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "load_average": os.getloadavg(),
     }
-    results = {}
+    results: dict[str, dict] = {}
     for name in args.workloads:
         with reported(f"{name}: {args.steps} steps x {len(specs)} optimizers"):
             results[name] = bench_workload(WORKLOADS[name], specs, device, args.steps, args.block)
-    table = markdown(results, meta)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"bench_optim_{args.device}"
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(table)
+        meta["load_average_end"] = os.getloadavg()
+        table = write_report(args.out, meta, results)  # after every workload: a long run may be cut short
     print(table)
 
 
