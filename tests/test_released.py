@@ -27,6 +27,13 @@ def twin_models(seed: int = 1) -> tuple[nn.Module, nn.Module]:
     return build(), build()
 
 
+def twin_optimizers() -> tuple[nn.Parameter, nn.Parameter, SaLSA, object]:
+    """Two equal 2-vectors, one under SaLSA(as_released=True), one under the release."""
+    theta_a = nn.Parameter(torch.tensor([0.5, -0.3]))
+    theta_b = nn.Parameter(theta_a.detach().clone())
+    return theta_a, theta_b, SaLSA([theta_a], as_released=True), release.SaLSA([theta_b])
+
+
 def step_both(ours, theirs, closure_ours, closure_theirs) -> None:
     ours.zero_grad()
     theirs.zero_grad()
@@ -91,10 +98,7 @@ def test_failed_search_leaves_the_last_trial_and_stores_one_more_backtrack():
 
         return closure
 
-    theta_a = nn.Parameter(torch.tensor([0.5, -0.3]))
-    theta_b = nn.Parameter(theta_a.detach().clone())
-    ours = SaLSA([theta_a], as_released=True)
-    theirs = release.SaLSA([theta_b])
+    theta_a, theta_b, ours, theirs = twin_optimizers()
     for _ in range(2):
         step_both(ours, theirs, make_closure(theta_a, []), make_closure(theta_b, []))
         assert torch.equal(theta_a, theta_b)
@@ -117,10 +121,7 @@ def test_zero_loss_guard_and_exact_ties():
 
         return closure
 
-    theta_a = nn.Parameter(torch.tensor([0.5, -0.3]))
-    theta_b = nn.Parameter(theta_a.detach().clone())
-    ours = SaLSA([theta_a], as_released=True)
-    theirs = release.SaLSA([theta_b])
+    theta_a, theta_b, ours, theirs = twin_optimizers()
     for step in range(4):
         step_both(ours, theirs, make_closure(theta_a, step), make_closure(theta_b, step))
         assert torch.equal(theta_a, theta_b)
