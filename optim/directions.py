@@ -60,9 +60,6 @@ class SGDDirection:
     def move(self, t: StepTensors, alpha: float, along: Along) -> None:
         torch._foreach_add_(t.params, t.grads, alpha=alpha)
 
-    def release_buffers(self) -> None:
-        """Nothing held."""
-
 
 class AdamDirection:
     r"""Adam's preconditioner with bias-corrected moments.
@@ -134,11 +131,6 @@ class AdamDirection:
 
     def move(self, t: StepTensors, alpha: float, along: Along) -> None:
         torch._foreach_add_(t.params, self.direction(t, along), alpha=alpha)
-
-    def release_buffers(self) -> None:
-        """Drop the scratch buffer (it is rebuilt on the next step)."""
-        self._buffer = []
-        self._buffer_holds = None
 
 
 class ReleasedAdamDirection(AdamDirection):
