@@ -31,3 +31,16 @@ def test_digits_split_is_stratified_and_seeded():
     all_counts = torch.bincount(torch.cat([first.train.tensors[1], first.val.tensors[1]]), minlength=10)
     val_counts = torch.bincount(first.val.tensors[1], minlength=10)
     assert ((val_counts - 0.2 * all_counts).abs() <= 1).all()
+
+
+def test_in_memory_batches_equal_what_dataloader_gives_for_the_same_order():
+    from torch.utils.data import DataLoader
+
+    train = digits().train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(3)).tolist()[5:]
+    sliced = list(train.batches(order, 32))
+    loaded = list(DataLoader(train, batch_size=32, sampler=order, collate_fn=lambda batch: batch))
+    assert [len(b["labels"]) for b in sliced] == [32] * (len(order) // 32) + [len(order) % 32]
+    assert len(sliced) == len(loaded)
+    for ours, theirs in zip(sliced, loaded):
+        assert torch.equal(ours["inputs"], theirs["inputs"]) and torch.equal(ours["labels"], theirs["labels"])

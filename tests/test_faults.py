@@ -122,6 +122,9 @@ def kill_and_resume(run_dir: Path, kill_after_rows: int) -> None:
     deadline = time.monotonic() + 300
     while process.poll() is None and len(train_rows(run_dir)) < kill_after_rows and time.monotonic() < deadline:
         time.sleep(0.002)
+    # Rows reach the file in bursts (at checkpoints and once a second): wait a further 0-7 steps
+    # so that the kill lands anywhere in the checkpoint interval.
+    time.sleep(random.Random(kill_after_rows).uniform(0.0, 0.02))
     process.kill()  # SIGKILL: no handler runs
     process.wait()
     resumed = launch(run_dir, "trainer.resume=true")

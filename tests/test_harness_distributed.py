@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 
 from experiments import distributed
 from experiments.checkpoint import list_checkpoints
+from experiments.data.collate import InMemoryPairs
 from experiments.trainer import EpochSampler, Trainer
 
 from harness_utils import CONF, FAST, run_config
@@ -66,10 +67,14 @@ def _rows(run_dir: Path) -> list[dict]:
 
 
 # -- the sampler (no processes) -------------------------------------------------------------
+def _indices(sampler: EpochSampler) -> list[int]:
+    return [index for batch in sampler for index in batch]
+
+
 @pytest.mark.parametrize("size, world_size", [(N_TRAIN, 2), (10, 3), (2, 3)])
 def test_epoch_sampler_shards_are_disjoint_equal_and_cover_the_epoch(size, world_size):
-    full = list(EpochSampler(size, seed=1, epoch=2, start=0, shuffle=True))
-    shards = [list(EpochSampler(size, 1, 2, 0, True, rank=r, world_size=world_size))
+    full = _indices(EpochSampler(size, seed=1, epoch=2, start=0, shuffle=True))
+    shards = [_indices(EpochSampler(size, 1, 2, 0, True, rank=r, world_size=world_size))
               for r in range(world_size)]
     shard_size = math.ceil(size / world_size)
     assert [len(s) for s in shards] == [shard_size] * world_size  # every rank takes the same steps
@@ -80,10 +85,18 @@ def test_epoch_sampler_shards_are_disjoint_equal_and_cover_the_epoch(size, world
 
 
 def test_epoch_sampler_resumes_within_the_shard():
-    shard = list(EpochSampler(N_TRAIN, 0, 1, 0, True, rank=1, world_size=2))
+    shard = _indices(EpochSampler(N_TRAIN, 0, 1, 0, True, rank=1, world_size=2))
     start = 5 * BATCH
     resumed = EpochSampler(N_TRAIN, 0, 1, start, True, rank=1, world_size=2)
-    assert list(resumed) == shard[start:] and len(resumed) == len(shard) - start
+    assert _indices(resumed) == shard[start:] and len(resumed) == len(shard) - start
+
+
+@pytest.mark.parametrize("size, batch_size, start", [(10, 3, 0), (10, 3, 6), (9, 3, 0), (10, 20, 0)])
+def test_epoch_sampler_cuts_the_order_into_batches_keeping_the_short_last_one(size, batch_size, start):
+    order = _indices(EpochSampler(size, 4, 0, 0, shuffle=True))
+    batches = list(EpochSampler(size, 4, 0, start, shuffle=True, batch_size=batch_size))
+    expected = [order[i : i + batch_size] for i in range(start, size, batch_size)]
+    assert batches == expected and len(batches) == -(-(size - start) // batch_size)
 
 
 def test_single_process_setup_creates_no_group():
@@ -152,10 +165,13 @@ def _rank_worker(rank: int, ports: dict[str, int], out_dir: str) -> None:
                        "MASTER_ADDR": "127.0.0.1", **_loopback_env()})
     torch.set_num_threads(1)
     seen: dict = {}
-    fit, optimizer_step = Trainer.fit, Trainer.optimizer_step
+    fit, optimizer_step, batches = Trainer.fit, Trainer.optimizer_step, InMemoryPairs.batches
+
+    def watched_batches(self: InMemoryPairs, order: list[int], batch_size: int):
+        seen.setdefault("first_epoch", list(order))
+        return batches(self, order, batch_size)
 
     def watched_fit(self: Trainer) -> dict:
-        seen["first_epoch"] = list(self._loader().sampler)
         summary = fit(self)
         seen["params"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         return summary
@@ -170,6 +186,7 @@ def _rank_worker(rank: int, ports: dict[str, int], out_dir: str) -> None:
         return optimizer_step(self, recording)
 
     Trainer.fit, Trainer.optimizer_step = watched_fit, watched_step
+    InMemoryPairs.batches = watched_batches
     results = {}
     for name, overrides in SCENARIOS.items():
         os.environ["MASTER_PORT"] = str(ports[name])
