@@ -65,8 +65,10 @@ class AdamDirection:
     r"""Adam's preconditioner with bias-corrected moments.
 
     Per step: :math:`m \leftarrow \beta_1 m + (1-\beta_1) g`,
-    :math:`v \leftarrow \beta_2 v + (1-\beta_2) g^2`. The requested direction is materialised in
-    one reusable parameter-sized buffer, so moving between trial points is a single foreach add.
+    :math:`v \leftarrow \beta_2 v + (1-\beta_2) g^2`. One reusable parameter-sized buffer holds
+    either a direction (up to a scalar factor), so that moving between trial points is a single
+    foreach add, or the preconditioner's denominator, which a move along a vector not built
+    divides by on the fly.
     ``bias_correction_offset=1`` reproduces the released SaLSA's off-by-one (it corrects with
     :math:`t+1` where :math:`t` already counts the current step).
     """
@@ -83,7 +85,9 @@ class AdamDirection:
         self.eps = eps
         self.bias_correction_offset = bias_correction_offset
         self._buffer: list[Tensor] = []
-        self._buffer_holds: Along | None = None
+        # What the buffer holds: a direction (up to its scale), the preconditioner's denominator
+        # or nothing valid for this step.
+        self._buffer_holds: Along | Literal["denominator"] | None = None
 
     def _corrections(self, step: int) -> tuple[float, float]:
         t = max(1, step + self.bias_correction_offset)
@@ -102,35 +106,58 @@ class AdamDirection:
         torch._foreach_addcmul_(exp_avg_sqs, t.grads, t.grads, value=1.0 - self.beta2)
         self._buffer_holds = None
 
-    def direction(self, t: StepTensors, along: Along) -> list[Tensor]:
-        r"""The buffer filled with :math:`P g` or :math:`P \hat m` for this step."""
-        if self._buffer_holds == along:
+    def _scale(self, t: StepTensors, along: Along) -> float:
+        r"""The factor :math:`s` with :math:`P x = s\, x / (\sqrt v + \epsilon \sqrt{bc_2})`:
+        :math:`\sqrt{bc_2}` for :math:`x = g`, :math:`\sqrt{bc_2}/bc_1` for :math:`x = m`
+        (then :math:`P \hat m`). It rides on the ``alpha`` of a move or on an inner product
+        instead of costing a pass over memory."""
+        bc1, bc2 = self._corrections(t.step)
+        return math.sqrt(bc2) / (1.0 if along == "gradient" else bc1)
+
+    def _numerators(self, t: StepTensors, along: Along) -> list[Tensor]:
+        return t.grads if along == "gradient" else [s["exp_avg"] for s in t.states]
+
+    def _denominator(self, t: StepTensors) -> list[Tensor]:
+        r"""The buffer filled with :math:`\sqrt v + \epsilon \sqrt{bc_2}` (two passes)."""
+        if self._buffer_holds == "denominator":
             return self._buffer
         if len(self._buffer) != len(t.params) or any(
             b.shape != p.shape or b.device != p.device or b.dtype != p.dtype
             for b, p in zip(self._buffer, t.params)
         ):
             self._buffer = [torch.empty_like(p) for p in t.params]
-        bc1, bc2 = self._corrections(t.step)
-        buf = self._buffer
-        numerators = t.grads if along == "gradient" else [s["exp_avg"] for s in t.states]
-        # x / (sqrt(v / bc2) + eps) = sqrt(bc2) * x / (sqrt(v) + eps sqrt(bc2)): four passes over
-        # memory and no allocation (foreach ops have no out= form, so sqrt and div are per tensor).
-        for b, v in zip(buf, (s["exp_avg_sq"] for s in t.states)):
+        # foreach ops have no out= form: sqrt is per tensor, so nothing is allocated.
+        for b, v in zip(self._buffer, (s["exp_avg_sq"] for s in t.states)):
             torch.sqrt(v, out=b)
-        torch._foreach_add_(buf, self.eps * math.sqrt(bc2))
-        for b, x in zip(buf, numerators):
-            torch.div(x, b, out=b)
-        torch._foreach_mul_(buf, math.sqrt(bc2) / (1.0 if along == "gradient" else bc1))
-        self._buffer_holds = along
-        return buf
+        torch._foreach_add_(self._buffer, self.eps * math.sqrt(self._corrections(t.step)[1]))
+        self._buffer_holds = "denominator"
+        return self._buffer
+
+    def direction(self, t: StepTensors, along: Along) -> tuple[list[Tensor], float]:
+        r""":math:`P g` or :math:`P \hat m` for this step as ``(buffer, s)``, the vector being
+        ``s * buffer`` (see :meth:`_scale`); three passes over memory when not already built."""
+        if self._buffer_holds != along:
+            buffer = self._denominator(t)
+            for b, x in zip(buffer, self._numerators(t, along)):
+                torch.div(x, b, out=b)
+            self._buffer_holds = along
+        return self._buffer, self._scale(t, along)
 
     def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> Tensor:
         r""":math:`\langle g, P g\rangle` or :math:`\langle g, P \hat m\rangle`."""
-        return inner(t.grads, self.direction(t, along))
+        buffer, scale = self.direction(t, along)
+        return inner(t.grads, buffer) * scale
 
     def move(self, t: StepTensors, alpha: float, along: Along) -> None:
-        torch._foreach_add_(t.params, self.direction(t, along), alpha=alpha)
+        r""":math:`\theta \leftarrow \theta + \alpha\, P x`. Along a vector already built this is
+        one add; otherwise the division happens inside the move (``addcdiv``), one pass fewer
+        than building the vector first, which is what a step the speed-up rule skips costs."""
+        scale = self._scale(t, along)
+        if self._buffer_holds == along:
+            torch._foreach_add_(t.params, self._buffer, alpha=alpha * scale)
+        else:
+            denominator = self._denominator(t)
+            torch._foreach_addcdiv_(t.params, self._numerators(t, along), denominator, value=alpha * scale)
 
 
 class ReleasedAdamDirection(AdamDirection):
@@ -166,7 +193,7 @@ class ReleasedAdamDirection(AdamDirection):
             ]
         return self._precond
 
-    def direction(self, t: StepTensors, along: Along) -> list[Tensor]:
+    def direction(self, t: StepTensors, along: Along) -> tuple[list[Tensor], float]:
         if self._buffer_holds != along:
             pv = self._preconditioner(t)
             if along == "gradient":
@@ -174,7 +201,10 @@ class ReleasedAdamDirection(AdamDirection):
             else:
                 self._buffer = [p * self._scaled(s["exp_avg"], self.beta1, t.step) for p, s in zip(pv, t.states)]
             self._buffer_holds = along
-        return self._buffer
+        return self._buffer, 1.0
+
+    def move(self, t: StepTensors, alpha: float, along: Along) -> None:
+        torch._foreach_add_(t.params, self.direction(t, along)[0], alpha=alpha)
 
     def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> Tensor:
         pv = self._preconditioner(t)

@@ -105,10 +105,9 @@ class L4(ClosureOptimizer):
         self.moments.begin_step(t)
         bias1 = 1.0 - defaults["betas"][0] ** t.step
         if self.direction == "adam":
-            v = self.moments.direction(t, "momentum")  # m_hat / (sqrt(v_hat) + eps)
+            v, v_scale = self.moments.direction(t, "momentum")  # v_scale v = m_hat / (sqrt(v_hat) + eps)
             g_hat = [s["exp_avg"] for s in t.states]
-            (dot,) = host_floats(inner(v, g_hat) / bias1, self.group_for_decisions)
-            v_scale = 1.0
+            (dot,) = host_floats(inner(v, g_hat) * (v_scale / bias1), self.group_for_decisions)
         else:
             v = [s["exp_avg"] for s in t.states]  # v = g_hat = m / bias1
             (dot,) = host_floats(inner(v, v), self.group_for_decisions)
