@@ -12,14 +12,18 @@
     opt.zero_grad()
     loss = opt.step(closure)
 
+``closure()`` without parameters (never calling ``backward``, as for the SLS reference) works too,
+and so does ``opt.step(closure, loss=L0)`` after your own forward and backward.
+
 Depends on PyTorch only.
 """
 
 from ._base import ClosureOptimizer
+from ._evaluation import RNGSnapshot
 from .l4 import L4
 from .line_search import LineSearchOptimizer, ReleasedRule, SearchRule
 from .salsa import SaLSA
 from .sls import SLS
 
-__all__ = ["ClosureOptimizer", "L4", "LineSearchOptimizer", "ReleasedRule", "SLS", "SaLSA", "SearchRule"]
+__all__ = ["ClosureOptimizer", "L4", "LineSearchOptimizer", "ReleasedRule", "RNGSnapshot", "SLS", "SaLSA", "SearchRule"]
 __version__ = "0.1.0"

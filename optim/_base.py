@@ -65,9 +65,15 @@ class ClosureOptimizer(torch.optim.Optimizer):
         self, evaluate: LossEvaluator, grad_scaler: torch.amp.GradScaler | None
     ) -> tuple[Tensor, float, Tensor, StepTensors] | tuple[Tensor, None, None, None]:
         """L0 with its backward; returns (loss, L0, ||g||^2, tensors), or (loss, None, None, None)
-        when L0 or the gradient is not finite (the step is then skipped and counted)."""
+        when L0 or the gradient is not finite (the step is then skipped and counted). A first
+        evaluation the caller ran (``loss=``) counts as one forward and one backward."""
         scalars = self.scalars
-        loss = evaluate.first()
+        if evaluate.given_loss is not None and not any(p.grad is not None for p in evaluate.params):
+            raise ValueError(
+                "loss: step(closure, loss=L0) continues from gradients already computed, but no "
+                "parameter has a .grad; run the backward of L0 (of every micro-batch) first"
+            )
+        loss = evaluate.first(grad_scaler)
         scalars["n_forwards"] += 1
         scalars["n_backwards"] += 1
         if grad_scaler is not None:

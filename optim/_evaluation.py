@@ -11,52 +11,68 @@ import functools
 import inspect
 import types
 from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 Closure = Callable[..., Tensor]
+Convention = Literal["backwards", "plain"]
+
+_CONVENTIONS = (
+    "closure(backwards: bool = False) -> Tensor, calling loss.backward() only when backwards is "
+    "true (SaLSA's convention), or closure() -> Tensor that never calls backward (the SLS "
+    "reference's: the optimizer calls loss.backward() on the first evaluation)"
+)
 
 
-def check_closure(closure: Closure | None) -> Closure:
-    """Return ``closure`` if it follows the SaLSA convention ``closure(backwards: bool = False)``.
+def check_closure(closure: Closure | None) -> Convention:
+    """Which convention ``closure`` follows, told apart by its signature.
 
-    The optimizer calls it once with ``backwards=True`` (the closure computes the loss and calls
-    ``loss.backward()``) and then, under ``torch.no_grad()``, with ``backwards=False`` for every
-    trial point. Raises ``TypeError`` naming the missing parameter otherwise.
+    * ``"backwards"`` — ``closure(backwards: bool = False)`` (or any ``**kwargs``): called once
+      with ``backwards=True`` (the closure calls ``loss.backward()``) and then, under
+      ``torch.no_grad()``, with ``backwards=False`` for every trial point.
+    * ``"plain"`` — ``closure()`` with no required parameter: the optimizer zeroes the gradients,
+      calls it with gradients enabled and calls ``loss.backward()`` itself, then calls it under
+      ``torch.no_grad()`` for the trials (as the SLS reference does).
+
+    Raises ``TypeError`` for anything else, naming both conventions.
     """
     if closure is None:
-        raise TypeError(
-            "closure: a line search must re-evaluate the loss; call opt.step(closure) with "
-            "closure(backwards: bool = False) -> Tensor"
-        )
+        raise TypeError(f"closure: a line search must re-evaluate the loss; call opt.step(closure) with {_CONVENTIONS}")
     if not callable(closure):
         raise TypeError(f"closure: expected a callable, got {type(closure).__name__}")
     code = getattr(closure, "__code__", None)
-    if code is not None and _code_takes_backwards(code):
-        return closure  # the common case, without inspect.signature's cost on every step
+    if code is not None and not isinstance(closure, functools.partial):
+        convention = _convention_of_code(code, inspect.ismethod(closure))
+        if convention is not None:
+            return convention  # the common case, without inspect.signature's cost on every step
     try:
         parameters = inspect.signature(closure).parameters
     except (TypeError, ValueError):  # builtins and some C callables expose no signature
-        return closure
-    takes_backwards = "backwards" in parameters or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
-    )
-    if not takes_backwards:
-        raise TypeError(
-            "closure: it must accept the keyword parameter 'backwards' "
-            "(closure(backwards: bool = False) -> Tensor, calling loss.backward() only when "
-            "backwards is true)"
-        )
-    return closure
+        return "backwards"
+    if "backwards" in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return "backwards"
+    required = [
+        name for name, p in parameters.items()
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
+    if not required:
+        return "plain"
+    raise TypeError(f"closure: it takes required parameters {required}; expected {_CONVENTIONS}")
 
 
 @functools.lru_cache(maxsize=256)
-def _code_takes_backwards(code: types.CodeType) -> bool:
-    """Whether a function with this code object accepts ``backwards`` (or any keyword)."""
+def _convention_of_code(code: types.CodeType, bound: bool) -> Convention | None:
+    """The convention of a plain function with this code object (``None``: ask ``inspect``)."""
     names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
-    return "backwards" in names or bool(code.co_flags & inspect.CO_VARKEYWORDS)
+    if "backwards" in names or code.co_flags & inspect.CO_VARKEYWORDS:
+        return "backwards"
+    if code.co_argcount + code.co_kwonlyargcount == int(bound):
+        return "plain"
+    return None  # parameters with defaults or an unexpected signature: inspect decides
 
 
 def rng_devices(params: Iterable[Tensor]) -> tuple[str | None, list[int]]:
@@ -71,8 +87,12 @@ def rng_devices(params: Iterable[Tensor]) -> tuple[str | None, list[int]]:
     return device_type, sorted(indices)
 
 
-class FrozenRNG:
-    """Captures the RNG state before the first evaluation and replays it for every trial.
+class RNGSnapshot:
+    """The RNG state before the first evaluation, replayed for every trial.
+
+    The optimizer takes one when it runs the first evaluation itself; a caller that ran it (see
+    ``step(closure, loss=...)``) takes one just before its forward, ``RNGSnapshot(params)``, and
+    passes it as ``rng=`` so the trials see the same dropout masks as that forward.
 
     ``replay()`` sets the captured state, runs the trial, and restores the state that was current
     before it, so the random stream after the step is the one the first evaluation left behind:
@@ -157,35 +177,71 @@ def host_floats(values: Tensor, process_group: dist.ProcessGroup | None) -> list
 
 
 class LossEvaluator:
-    """Calls a closure the way a line search needs: first with gradients, then frozen trials."""
+    """Calls a closure the way a line search needs: first with gradients, then frozen trials.
+
+    ``loss``: the first evaluation was run by the caller (gradients already in ``.grad``); only
+    the trials call the closure, replaying ``rng`` (default: the RNG state of now).
+    """
 
     def __init__(
         self,
-        closure: Closure,
+        closure: Closure | None,
         params: list[Tensor],
         bn_module: nn.Module | None,
+        loss: Tensor | float | None = None,
+        rng: RNGSnapshot | None = None,
     ) -> None:
         self.closure = closure
+        self.convention: Convention | None = None if closure is None else check_closure(closure)
+        self.params = params
         self.bn_module = bn_module
-        self.rng = FrozenRNG(params)
+        self.given_loss = loss
+        self.rng = rng if rng is not None else RNGSnapshot(params)
 
-    def first(self) -> Tensor:
-        """L0 with its backward pass (gradients land in ``.grad``)."""
+    def first(self, grad_scaler: torch.amp.GradScaler | None = None) -> Tensor:
+        """L0 with its backward pass (gradients land in ``.grad``), or the caller's L0.
+        ``grad_scaler`` scales the loss before the backward the optimizer runs itself."""
+        if self.given_loss is not None:
+            if isinstance(self.given_loss, Tensor):
+                return _as_loss(self.given_loss)
+            return torch.tensor(float(self.given_loss), dtype=torch.float64)
         with torch.enable_grad():
-            loss = self.closure(backwards=True)
-        return _as_loss(loss)
+            if self.convention == "backwards":
+                return _as_loss(self.closure(backwards=True))
+            for p in self.params:  # as the SLS reference does: the step owns the gradients
+                p.grad = None
+            loss = self.closure()
+            if any(p.grad is not None for p in self.params):
+                raise RuntimeError(
+                    "closure: it called loss.backward() itself although it takes no parameters; "
+                    f"expected {_CONVENTIONS}"
+                )
+            loss = _as_loss(loss, detach=False)
+            (loss if grad_scaler is None else grad_scaler.scale(loss)).backward()
+            return loss.detach()
 
     def trial(self) -> Tensor:
         """The loss at the current parameters, with the first evaluation's randomness."""
+        if self.closure is None:
+            raise TypeError(f"closure: this step needs trial evaluations; pass {_CONVENTIONS}")
         with torch.no_grad(), self.rng.replay(), frozen_batchnorm_stats(self.bn_module):
-            loss = self.closure(backwards=False)
+            try:
+                loss = self.closure(backwards=False) if self.convention == "backwards" else self.closure()
+            except RuntimeError as error:
+                if "does not require grad" not in str(error):
+                    raise
+                raise RuntimeError(
+                    "closure: it called loss.backward() during a trial evaluation, which runs "
+                    f"under torch.no_grad(); expected {_CONVENTIONS}"
+                ) from error
         return _as_loss(loss)
 
 
-def _as_loss(loss: object) -> Tensor:
+def _as_loss(loss: object, detach: bool = True) -> Tensor:
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         raise TypeError(
             f"closure: must return the loss as a one-element tensor, got {type(loss).__name__}"
             + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
         )
-    return loss.detach().reshape(())
+    loss = loss.reshape(())
+    return loss.detach() if detach else loss

@@ -93,11 +93,27 @@ class L4(ClosureOptimizer):
         return out
 
     @torch.no_grad()
-    def step(self, closure: Any = None, *, grad_scaler: torch.amp.GradScaler | None = None) -> Tensor:  # type: ignore[override]
-        """One L4 step from ``closure(backwards=True)``; returns the loss."""
-        closure = check_closure(closure)
+    def step(  # type: ignore[override]
+        self,
+        closure: Any = None,
+        *,
+        loss: Tensor | float | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
+    ) -> Tensor:
+        """One L4 step; returns the loss.
+
+        Args:
+            closure: ``closure(backwards: bool = False)`` or ``closure()`` (see
+                :meth:`LineSearchOptimizer.step`); L4 calls it once.
+            loss: L0 when the caller already ran the forward and backward; no closure is then
+                needed (L4 makes no trials).
+            grad_scaler: as in :meth:`LineSearchOptimizer.step`.
+        """
+        if closure is None and loss is None:
+            check_closure(closure)  # raises, naming both conventions
         all_params = [p for g in self.param_groups for p in g["params"]]
-        loss, loss0, _, t = self._first_evaluation(LossEvaluator(closure, all_params, None), grad_scaler)
+        evaluate = LossEvaluator(closure, all_params, None, loss)
+        loss, loss0, _, t = self._first_evaluation(evaluate, grad_scaler)
         if t is None:
             return loss
         scalars = self.scalars

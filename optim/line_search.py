@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._base import ClosureOptimizer
-from ._evaluation import LossEvaluator, check_closure, host_floats
+from ._evaluation import LossEvaluator, RNGSnapshot, check_closure, host_floats
 from .directions import AdamDirection, Along, SGDDirection, StepTensors
 
 SkippedGrowth = Literal["none", "unstored", "stored"]
@@ -311,20 +311,35 @@ class LineSearchOptimizer(ClosureOptimizer):
         )
 
     @torch.no_grad()
-    def step(self, closure: Any = None, *, grad_scaler: torch.amp.GradScaler | None = None) -> Tensor:  # type: ignore[override]
+    def step(  # type: ignore[override]
+        self,
+        closure: Any = None,
+        *,
+        loss: Tensor | float | None = None,
+        rng: RNGSnapshot | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
+    ) -> Tensor:
         """One line-search step; returns the loss L0 of the first evaluation.
 
         Args:
-            closure: ``closure(backwards: bool = False) -> Tensor`` (see the class docstring).
+            closure: ``closure(backwards: bool = False) -> Tensor``, or ``closure() -> Tensor``
+                that never calls ``backward`` (the SLS reference's convention; the optimizer
+                then zeroes the gradients and runs the backward itself). See the class docstring.
+            loss: L0 when the caller already ran the first evaluation (forward and backward,
+                possibly accumulated over micro-batches: the gradients are in ``.grad``); the
+                closure is then called only for trials and must return the same quantity.
+            rng: with ``loss``, the :class:`~optim.RNGSnapshot` taken just before that forward,
+                so trials replay its dropout masks (default: the RNG state at this call).
             grad_scaler: for fp16, the ``GradScaler`` that scaled the backpropagated loss (the
                 closure returns the unscaled loss). The gradients are unscaled here, a step with
                 non-finite gradients is skipped and counted; ``scaler.update()`` is the caller's.
         """
-        closure = check_closure(closure)
+        if closure is None:
+            check_closure(closure)  # raises: the trials need the closure
         search = self.scalars
         rule = self.rule
         all_params = [p for g in self.param_groups for p in g["params"]]
-        evaluate = LossEvaluator(closure, all_params, self.bn_module)
+        evaluate = LossEvaluator(closure, all_params, self.bn_module, loss, rng)
         loss, loss0, grad_sq, t = self._first_evaluation(evaluate, grad_scaler)
         if t is None:
             return loss  # non-finite L0 or gradient: parameters and moments untouched
@@ -359,7 +374,13 @@ class LineSearchOptimizer(ClosureOptimizer):
                 if rule.trials_restart_from_start:
                     evaluate.trial()  # the release evaluates once here, uncounted
             else:
-                eta = self._backtrack(search, evaluate, position, loss0, eta, test_term, group)
+                try:
+                    eta = self._backtrack(search, evaluate, position, loss0, eta, test_term, group)
+                except BaseException:
+                    # A closure that raises in a trial (e.g. one calling backward under no_grad)
+                    # must not leave theta at the trial point: back to where the search started.
+                    position.go_to(0.0, rule.search_along)
+                    raise
             search["step_size"] = eta
             search["avg_step_size_slow"] = search["avg_step_size_slow"] * 0.99 + eta * (1 - 0.99)
             search["avg_step_size_fast"] = search["avg_step_size_fast"] * 0.9 + eta * (1 - 0.9)

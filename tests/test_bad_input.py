@@ -50,9 +50,9 @@ def test_invalid_hyperparameters_name_the_argument(cls, kwargs, error, message):
 
 
 @pytest.mark.parametrize("cls", [SaLSA, SLS, L4])
-def test_closure_without_backwards_is_a_type_error_naming_it(cls):
+def test_closure_with_an_unexpected_signature_is_a_type_error_naming_both_conventions(cls):
     theta = nn.Parameter(torch.ones(2))
     opt = cls([theta])
-    with pytest.raises(TypeError, match="'backwards'"):
-        opt.step(lambda: (theta**2).sum())
+    with pytest.raises(TypeError, match=r"\['batch'\].*closure\(backwards: bool = False\).*closure\(\)"):
+        opt.step(lambda batch: (theta**2).sum())
     assert torch.equal(theta.detach(), torch.ones(2))
