@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ._evaluation import LossEvaluator, decision_dtype, default_process_group, host_floats
+from ._sharding import check_sharding, local
 from .directions import StepTensors, inner
 
 
@@ -21,6 +22,10 @@ class ClosureOptimizer(torch.optim.Optimizer):
     ``self.state[self.scalars_key]``; per-parameter tensors in ``self.state[p]``. Only
     ``weight_decay`` (and the read-only ``lr`` mirror of the current step size) may differ
     between param groups: one loss decides one step size for all parameters.
+
+    Parameters sharded by FSDP2 (``fully_shard``) are worked on shard by shard: the per-parameter
+    state holds this rank's shard (save and load it per rank), and inner products are summed over
+    the ranks while losses are averaged, so every rank accepts the same step.
     """
 
     scalars_key = "scalars"
@@ -48,18 +53,28 @@ class ClosureOptimizer(torch.optim.Optimizer):
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be non-negative, got {weight_decay}")
         super().add_param_group(param_group)
+        self.sharded = check_sharding(
+            (p for group in self.param_groups for p in group["params"]), self.process_group
+        )
+
+    def _global_inner_factor(self) -> float:
+        """What turns the average over ranks (the reduction of every decision) into the sum an
+        inner product over sharded parameters needs: the number of ranks, else 1."""
+        group = self.group_for_decisions
+        return float(dist.get_world_size(group)) if self.sharded and group is not None else 1.0
 
     def _step_tensors(self, step: int) -> StepTensors:
-        params, grads = [], []
+        params, grads, states = [], [], []
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                params.append(p)
-                grads.append(p.grad)
-        return StepTensors(params, grads, [self.state[p] for p in params], step)
+                params.append(local(p))
+                grads.append(local(p.grad))
+                states.append(self.state[p])
+        return StepTensors(params, grads, states, step)
 
     def _first_evaluation(
         self, evaluate: LossEvaluator, grad_scaler: torch.amp.GradScaler | None
@@ -82,7 +97,7 @@ class ClosureOptimizer(torch.optim.Optimizer):
         grad_sq = inner(tensors.grads, tensors.grads)
         # The one sync of the first evaluation: L0 and ||g||^2, which is finite iff g is.
         dtype = decision_dtype(loss, grad_sq)
-        values = torch.stack([loss.to(dtype), grad_sq.to(device=loss.device, dtype=dtype)])
+        values = torch.stack([loss.to(dtype), grad_sq.to(device=loss.device, dtype=dtype) * self._global_inner_factor()])
         loss0, grad_sq_value = host_floats(values, self.group_for_decisions)
         scalars["last_loss"] = loss0
         if not (math.isfinite(loss0) and math.isfinite(grad_sq_value)):
@@ -101,7 +116,7 @@ class ClosureOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             wd = group["weight_decay"]
             if wd:
-                decayed = [p for p in group["params"] if p.grad is not None]
+                decayed = [local(p) for p in group["params"] if p.grad is not None]
                 if decayed:
                     torch._foreach_mul_(decayed, 1.0 - wd * step_size)
 

@@ -123,10 +123,12 @@ class L4(ClosureOptimizer):
         if self.direction == "adam":
             v, v_scale = self.moments.direction(t, "momentum")  # v_scale v = m_hat / (sqrt(v_hat) + eps)
             g_hat = [s["exp_avg"] for s in t.states]
-            (dot,) = host_floats(inner(v, g_hat) * (v_scale / bias1), self.group_for_decisions)
+            (dot,) = host_floats(
+                inner(v, g_hat) * (v_scale / bias1 * self._global_inner_factor()), self.group_for_decisions
+            )
         else:
             v = [s["exp_avg"] for s in t.states]  # v = g_hat = m / bias1
-            (dot,) = host_floats(inner(v, v), self.group_for_decisions)
+            (dot,) = host_floats(inner(v, v) * self._global_inner_factor(), self.group_for_decisions)
             dot /= bias1 * bias1
             v_scale = 1.0 / bias1
 

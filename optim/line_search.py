@@ -241,6 +241,9 @@ class LineSearchOptimizer(ClosureOptimizer):
             must not change (``None``: trials update them, as the references do).
         process_group: under ``torch.distributed`` with more than one rank, the deciding losses
             are averaged over this group (default: the world) so all ranks accept the same eta.
+            With FSDP2 (``fully_shard``) parameters, the inner products are summed over it as
+            well; shard the root with ``reshard_after_forward=True`` so that a trial forward under
+            ``no_grad`` does not leave stale gathered parameters for the next one.
     """
 
     scalars_key = "line_search"
@@ -349,7 +352,8 @@ class LineSearchOptimizer(ClosureOptimizer):
         searching = self._search_due(search)
         if searching:
             search["steps_since_search"] = 0
-            (grad_term,) = host_floats(self.direction.grad_term(t, rule.search_along, grad_sq), group)
+            local_term = self.direction.grad_term(t, rule.search_along, grad_sq)
+            (grad_term,) = host_floats(local_term * self._global_inner_factor(), group)
             if rule.grad_term_root:
                 grad_term = math.sqrt(max(grad_term, 0.0))
             test_term = rule.smooth_grad_term(search["avg_grad_term"], grad_term)
