@@ -1,0 +1,235 @@
+"""Reading run records: the run directories the harness writes, or a wandb project.
+
+A run directory (see ``experiments/logging.py``) holds ``config.yaml`` (the resolved config),
+``metrics.jsonl`` (training rows with a ``loss``, evaluation rows with a ``val_loss``) and
+``summary.json`` (``status`` and the final values). A run is found by its ``summary.json``; who
+it is (task, optimizer label, seed) is read from its config, the same way for both sources.
+
+Which runs count is decided here too, once for the table and the plots: only finished runs by
+default, and of several runs of the same (task, optimizer, seed) - reruns - the latest.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+CONFIG = "config.yaml"
+
+# Row and column names as the paper prints them; names not listed are shown as given.
+TASK_NAMES = {
+    "mnli": "MNLI", "qnli": "QNLI", "mrpc": "MRPC", "sst2": "SST2", "openwebtext": "GPT-2",
+    "cifar10": "CIFAR10", "cifar100": "CIFAR100", "imagenet": "ImageNet",
+}
+MODEL_NAMES = {
+    "bert": "BERT", "roberta": "RoBERTa", "gpt2": "GPT-2", "resnet34_cifar": "ResNet34",
+    "resnet50": "ResNet50",
+}
+# The paper's order of rows and columns; other tasks and optimizers follow in order of appearance.
+TASK_ORDER = ["MNLI", "QNLI", "MRPC", "SST2", "GPT-2", "CIFAR10", "CIFAR100", "ImageNet"]
+LABEL_ORDER = ["ADAM", "SGD", "ADAM-SLS", "SGD-SLS", "ADAM-SaLSa", "SGD-SaLSa"]
+
+
+class RecordError(Exception):
+    """Run records that cannot be read: the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A row of the table: a dataset trained with a model (raw config names)."""
+
+    dataset: str
+    model: str
+
+    @property
+    def name(self) -> str:
+        return TASK_NAMES.get(self.dataset, self.dataset)
+
+    @property
+    def model_name(self) -> str:
+        return MODEL_NAMES.get(self.model, self.model)
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe identifier, e.g. ``sst2_bert``."""
+        return f"{self.dataset}_{self.model}"
+
+
+@dataclass
+class Run:
+    """One run: who it is, how it ended, and (read on first use) its metrics rows."""
+
+    source: str  # the run directory, or entity/project/id on wandb
+    task: Task
+    label: str  # the optimizer's label, the table's column
+    seed: int
+    status: str  # running | finished | failed | interrupted (wandb: its run state when no summary)
+    summary: Mapping[str, Any]
+    recorded_at: float  # seconds since the epoch (summary.json written; wandb: run started); orders reruns
+    read_metrics: Callable[[], tuple[pd.DataFrame, pd.DataFrame]] = field(repr=False)
+
+    @cached_property
+    def _metrics(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return self.read_metrics()
+
+    @property
+    def train(self) -> pd.DataFrame:
+        """Training rows: ``step``, ``loss`` (non-finite as NaN/inf) and, from directories,
+        ``smoothed_loss``, ``step_size``, ``forwards``, ``time``."""
+        return self._metrics[0]
+
+    @property
+    def evals(self) -> pd.DataFrame:
+        """Evaluation rows: ``step``, ``val_loss`` and ``val_accuracy`` or ``val_perplexity``."""
+        return self._metrics[1]
+
+    def final(self, key: str) -> float | None:
+        """The summary's ``key`` as a float (``"nan"``/``"inf"`` included); None when absent."""
+        value = self.summary.get(key)
+        return None if value is None else float(value)
+
+
+def _float(value: Any) -> Any:
+    # The record writes non-finite floats as the strings "nan", "inf", "-inf".
+    return float(value) if isinstance(value, str) else value
+
+
+def read_metrics_file(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Training and evaluation rows of a ``metrics.jsonl``; lines that do not parse (the torn
+    last line of a killed run) are skipped."""
+    train, evals = [], []
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in lines:
+        try:
+            row = {key: _float(value) for key, value in json.loads(line).items()}
+        except ValueError:
+            continue
+        if "loss" in row:
+            train.append(row)
+        elif "val_loss" in row:
+            evals.append(row)
+    return pd.DataFrame(train), pd.DataFrame(evals)
+
+
+def identity(config: Mapping[str, Any]) -> tuple[Task, str, int]:
+    """(task, optimizer label, seed) of a resolved config."""
+    task = Task(config["dataset"]["name"], config["model"]["name"])
+    return task, config["optimizer"]["label"], int(config["seed"])
+
+
+def read_run_dir(run_dir: Path) -> Run:
+    """The run recorded in ``run_dir``."""
+    try:
+        summary = json.loads((run_dir / SUMMARY).read_text())
+        status = summary["status"]
+        task, label, seed = identity(OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG)))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        reason = f"{type(error).__name__}: {error}"
+        raise RecordError(f"{run_dir}: not a readable run record ({reason})") from error
+    return Run(
+        source=str(run_dir), task=task, label=label, seed=seed, status=status,
+        summary=summary, recorded_at=(run_dir / SUMMARY).stat().st_mtime,
+        read_metrics=lambda: read_metrics_file(run_dir / METRICS),
+    )
+
+
+def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
+    """Every directory under ``roots`` that holds a ``summary.json``, in path order."""
+    return sorted({summary.parent for root in roots for summary in Path(root).rglob(SUMMARY)})
+
+
+def read_run_dirs(roots: Iterable[Path]) -> list[Run]:
+    return [read_run_dir(run_dir) for run_dir in find_run_dirs(roots)]
+
+
+def _wandb_metrics(run: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The training-loss history of a wandb run (all rows: ``history()`` would subsample)."""
+    try:
+        history = run.scan_history(keys=["loss"])
+        rows = [{"step": row["_step"], "loss": _float(row["loss"])} for row in history]
+    except Exception as error:  # wandb raises its own and requests' errors for network failures
+        raise RecordError(f"could not read the history of wandb run {run.id}: {error}") from error
+    return pd.DataFrame(rows, columns=["step", "loss"]), pd.DataFrame()
+
+
+def _wandb_run(run: Any, project: str) -> Run:
+    task, label, seed = identity(run.config)
+    summary = dict(run.summary)
+    # WandbSink copies the record's summary, status included; a run that never got there has
+    # only wandb's state (running, crashed, ...).
+    created = datetime.fromisoformat(run.created_at.replace("Z", "+00:00"))
+    return Run(
+        source=f"{project}/{run.id}", task=task, label=label, seed=seed,
+        status=summary.get("status", run.state), summary=summary, recorded_at=created.timestamp(),
+        read_metrics=lambda: _wandb_metrics(run),
+    )
+
+
+def _wandb_api() -> Any:
+    try:
+        import wandb
+    except ImportError as error:
+        raise RecordError("--wandb needs the wandb package: pip install -e '.[wandb]'") from error
+    return wandb.Api()
+
+
+def read_wandb(project: str) -> list[Run]:
+    """The runs of the wandb project ``project`` (``entity/project``) through wandb's public API
+    (``wandb.Api().runs``). Histories are fetched on first use."""
+    try:
+        runs = _wandb_api().runs(project)
+        return [_wandb_run(run, project) for run in runs]
+    except RecordError:
+        raise
+    except (KeyError, TypeError) as error:
+        reason = f"a run without the harness's config ({error!r})"
+        raise RecordError(f"wandb project {project}: {reason}") from error
+    except Exception as error:  # no network, no credentials, no such project: wandb's and requests' errors
+        raise RecordError(f"could not read the wandb project {project}: {error}") from error
+
+
+def counted_runs(runs: Iterable[Run], include_unfinished: bool = False) -> list[Run]:
+    """The runs that count: finished ones (all, with ``include_unfinished``), one per
+    (task, label, seed) - the latest of reruns. Skipped runs are listed on stderr."""
+    latest: dict[tuple[Task, str, int], Run] = {}
+    for run in sorted(runs, key=lambda r: r.recorded_at):
+        if run.status != "finished" and not include_unfinished:
+            print(f"skipped ({run.status}): {run.source}", file=sys.stderr)
+            continue
+        key = (run.task, run.label, run.seed)
+        if key in latest:
+            print(f"rerun: {run.source} replaces {latest[key].source}", file=sys.stderr)
+        latest[key] = run
+    return list(latest.values())
+
+
+def ordered(names: Iterable[str], canonical: list[str]) -> list[str]:
+    """``names`` without repeats: those in ``canonical`` in its order, then the others in order
+    of appearance."""
+    unique = list(dict.fromkeys(names))
+    return [n for n in canonical if n in unique] + [n for n in unique if n not in canonical]
+
+
+def task_order(tasks: Iterable[Task]) -> list[Task]:
+    """Tasks in the paper's row order, then the others in order of appearance."""
+    unique = list(dict.fromkeys(tasks))
+    rank = {name: i for i, name in enumerate(TASK_ORDER)}
+    return sorted(unique, key=lambda t: rank.get(t.name, len(rank)))  # stable: appearance order kept
+
+
+
+def sources_text(roots: Iterable[Path], wandb: str | None = None) -> str:
+    """The sources searched, for messages, e.g. ``multirun (no such directory), outputs``."""
+    parts = [f"{root}" + ("" if Path(root).is_dir() else " (no such directory)") for root in roots]
+    return ", ".join(parts + ([f"wandb project {wandb}"] if wandb else []))
