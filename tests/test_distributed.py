@@ -12,21 +12,19 @@ tests below read the files the ranks wrote.
 from __future__ import annotations
 
 import os
-import socket
-import sys
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from optim import L4, SLS, SaLSA
+
+from ranks import free_port, loopback_env, run_ranks
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
@@ -116,10 +114,7 @@ def _train(rank: int, name: str, process_group: dist.ProcessGroup | None) -> dic
 def _worker(rank: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
-    if sys.platform.startswith("linux"):
-        # gloo otherwise picks its interface by resolving the hostname, which fails in some
-        # sandboxes; everything here is on the loopback device.
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.update(loopback_env())
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
     try:
@@ -133,29 +128,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("ddp")
-    context = mp.start_processes(
-        _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    # join() re-raises a child's exception (and terminates the other child).
-    while not context.join(timeout=max(0.1, deadline - time.monotonic())):
-        if time.monotonic() >= deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.terminate()
-            for process in context.processes:
-                process.join(5)
-            pytest.fail(f"the {WORLD_SIZE} ranks did not finish within {SPAWN_TIMEOUT_S} s (hang?)")
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    return run_ranks(_worker, (free_port(), str(out_dir)), WORLD_SIZE, SPAWN_TIMEOUT_S, out_dir)
 
 
 def test_ranks_saw_different_data() -> None:

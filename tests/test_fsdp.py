@@ -8,18 +8,18 @@ tolerance, with the same accepted step size at every step.
 
 from __future__ import annotations
 
-import time
+import os
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from test_distributed import OPTIMIZERS, WORLD_SIZE, _data, _free_port, _model
+from ranks import free_port, loopback_env, run_ranks
+from test_distributed import OPTIMIZERS, WORLD_SIZE, _data, _model
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 pytestmark = pytest.mark.skipif(
@@ -86,14 +86,9 @@ def _mixed_layout_error(mesh) -> str:
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    import os
-    import sys
-
     from torch.distributed.device_mesh import init_device_mesh
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    if sys.platform.startswith("linux"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **loopback_env())
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
     try:
@@ -109,17 +104,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("fsdp")
-    context = mp.start_processes(
-        _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    while not context.join(timeout=max(0.1, deadline - time.monotonic())):
-        if time.monotonic() >= deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.terminate()
-            pytest.fail(f"the {WORLD_SIZE} ranks did not finish within {SPAWN_TIMEOUT_S} s (hang?)")
-    return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    return run_ranks(_worker, (free_port(), str(out_dir)), WORLD_SIZE, SPAWN_TIMEOUT_S, out_dir)
 
 
 def _unsharded_run(name: str) -> dict:

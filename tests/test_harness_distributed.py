@@ -14,16 +14,13 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from experiments import distributed
 from experiments.checkpoint import list_checkpoints
@@ -31,6 +28,7 @@ from experiments.data.collate import InMemoryPairs
 from experiments.trainer import EpochSampler, Trainer
 
 from harness_utils import CONF, FAST, run_config
+from ranks import free_port, loopback_env, run_ranks
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed with gloo"
@@ -49,17 +47,6 @@ SCENARIOS = {
     "salsa": ["optimizer=salsa", "model.build.dropout=0.2"],
     "adam": ["optimizer=adam"],
 }
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _loopback_env() -> dict[str, str]:
-    # gloo otherwise picks its interface by resolving the hostname, which fails in some sandboxes.
-    return {"GLOO_SOCKET_IFNAME": "lo"} if sys.platform.startswith("linux") else {}
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -113,10 +100,10 @@ def torchrun_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     run_dir = tmp_path_factory.mktemp("torchrun") / "run"
     command = [
         sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD_SIZE}",
-        "--master_addr=127.0.0.1", f"--master_port={_free_port()}",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
         "main.py", "trainer.epochs=1", *FAST, f"hydra.run.dir={run_dir}",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **_loopback_env()}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **loopback_env()}
     # Its own session, so that a hang is ended with all the ranks torchrun started.
     process = subprocess.Popen(command, cwd=ROOT, env=env, text=True, start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -162,7 +149,7 @@ def _rank_worker(rank: int, ports: dict[str, int], out_dir: str) -> None:
     trainer is watched from outside (no hook in the product): the first epoch's indices, this
     rank's own loss before averaging, and the parameters after training."""
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD_SIZE),
-                       "MASTER_ADDR": "127.0.0.1", **_loopback_env()})
+                       "MASTER_ADDR": "127.0.0.1", **loopback_env()})
     torch.set_num_threads(1)
     seen: dict = {}
     fit, optimizer_step, batches = Trainer.fit, Trainer.optimizer_step, InMemoryPairs.batches
@@ -200,17 +187,8 @@ def _rank_worker(rank: int, ports: dict[str, int], out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     out_dir = tmp_path_factory.mktemp("ranks")
-    ports = {name: _free_port() for name in SCENARIOS}
-    context = mp.start_processes(_rank_worker, args=(ports, str(out_dir)), nprocs=WORLD_SIZE,
-                                 join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=max(0.1, deadline - time.monotonic())):  # re-raises a rank's error
-        if time.monotonic() >= deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.terminate()
-            pytest.fail(f"the {WORLD_SIZE} ranks did not finish within {TIMEOUT_S} s (hang?)")
-    return out_dir, [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
+    ports = {name: free_port() for name in SCENARIOS}
+    return out_dir, run_ranks(_rank_worker, (ports, str(out_dir)), WORLD_SIZE, TIMEOUT_S, out_dir)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))
