@@ -2,7 +2,7 @@
 
     python main.py                                     # the embedded default, offline on CPU
     python main.py optimizer=salsa dataset=sst2 model=bert trainer=paper_nlp
-    python main.py -m optimizer=salsa,adam seed=0,1,2  # a multirun
+    python main.py -m optimizer=salsa,adam seed=0,1,2  # a multirun (a failed run ends no other)
     python main.py trainer.resume=true hydra.run.dir=<run dir>   # continue a killed run
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from experiments.config import ConfigError, register_schema
@@ -38,17 +39,23 @@ def one_line(summary: dict) -> str:
     )
 
 
+def fail(message: str, exit_code: int) -> None:
+    """Report a failed run. A single run exits with ``exit_code``; in a multirun the others go on
+    (Hydra would otherwise end the sweep) and the failure stays in the run's record."""
+    print(message, file=sys.stderr)
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        sys.exit(exit_code)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = run(cfg, run_dir)
     except (ConfigError, FileNotFoundError) as error:  # a wrong setting or missing data/model
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        return fail(f"error: {error} (run: {run_dir})", 2)
     except TrainingDiverged as error:
-        print(f"failed: {error} (record: {run_dir})", file=sys.stderr)
-        sys.exit(3)
+        return fail(f"failed: {error} (record: {run_dir})", 3)
     except Interrupted as error:
         print(f"interrupted: {error} (record: {run_dir})", file=sys.stderr)
         sys.exit(128 + signal.SIGTERM)

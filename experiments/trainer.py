@@ -4,7 +4,8 @@ Each step builds ``closure(backwards: bool = False)`` over the current batch and
 ``optimizer.step(closure)``: the line searches evaluate it as often as they need; PyTorch's own
 optimizers get it wrapped so that it runs the forward and backward they expect. The loop logs a
 metrics row per step, evaluates on the validation split, and checkpoints atomically so that
-``trainer.resume=true`` continues the same trajectory.
+``trainer.resume=true`` continues the same trajectory. Optimizers with ``train()``/``eval()``
+(Schedule-Free) train on one point and evaluate and checkpoint another; the loop switches them.
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ class Trainer:
         restore_rng(payload["rng"])
 
     def _checkpoint(self) -> None:
+        """Save the run; call it with the evaluation weights in place (:meth:`_evaluation_weights`)."""
         self.state.last_checkpoint_step = self.state.step
         self.loggers.flush()  # a resume drops the rows after the checkpoint, and only those
         if self.rank == 0:  # the ranks hold the same state; every rank reads it on resume
@@ -220,14 +222,39 @@ class Trainer:
         return loss.item(), not finite
 
     def _step_size_and_forwards(self) -> tuple[float, int]:
-        """The step size (a line search's accepted eta, or the scheduled lr) and the forwards
+        """The step size (a line search's accepted eta, the scheduled lr, or d * lr) and the forwards
         so far (a line search counts its trials; other optimizers make one per step)."""
         diagnostics = getattr(self.optimizer, "diagnostics", None)
         if diagnostics is not None:
             return float(diagnostics["step_size"]), int(diagnostics["n_forwards"])
-        return float(self.optimizer.param_groups[0]["lr"]), self.state.forwards
+        group = self.optimizer.param_groups[0]
+        # Prodigy and D-Adaptation step by d * lr, their lr being a multiplier (1 by default).
+        return float(group["lr"] * group.get("d", 1.0)), self.state.forwards
 
     # -- evaluation -------------------------------------------------------------------------
+    def _use_weights(self, mode: str) -> None:
+        """Call the optimizer's ``train()`` or ``eval()`` (``mode``), when it has them.
+
+        Schedule-Free optimizers keep the parameters at an interpolation y while training and move
+        them to the averaged weights x for evaluation, and must be in eval mode when checkpointed
+        (their README). Other optimizers have neither method."""
+        switch = getattr(self.optimizer, mode, None)
+        if callable(switch):
+            switch()
+
+    @contextlib.contextmanager
+    def _evaluation_weights(self) -> Iterator[None]:
+        """The evaluation weights in place for the body, the training point again after it.
+
+        A checkpoint therefore holds the evaluation weights with the optimizer in eval mode, and
+        :meth:`fit` switches back to train mode on resume: the same ``x -> y`` conversion as after
+        the checkpoint of the uninterrupted run, so both continue from the same parameters."""
+        self._use_weights("eval")
+        try:
+            yield
+        finally:
+            self._use_weights("train")
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Loss and accuracy (classification) or perplexity (language modelling) on ``val``.
@@ -259,6 +286,7 @@ class Trainer:
         return {"val_loss": loss, "val_accuracy": correct / max(count, 1)}
 
     def _record_eval(self) -> None:
+        """Evaluate and log; call it with the evaluation weights in place (:meth:`_evaluation_weights`)."""
         start = time.perf_counter()
         metrics = self.evaluate()
         self.state.timing["eval"] += time.perf_counter() - start
@@ -296,12 +324,15 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``; returns the summary fields of the run."""
         self.model.train()
+        self._use_weights("train")  # a fresh optimizer, or one restored from an eval-mode checkpoint
         state = self.state
         progress = tqdm(total=self.total_steps, initial=state.step, disable=not self.cfg.progress,
                         desc="train", dynamic_ncols=True)
         with self._checkpoint_on_sigterm():
             self._train(progress)
         progress.close()
+        # The trained model is the evaluation weights: those of the final evaluation and checkpoint.
+        self._use_weights("eval")
         if state.last_eval_step != state.step:
             self._record_eval()
         if state.last_checkpoint_step != state.step:
@@ -329,7 +360,8 @@ class Trainer:
                 state.timing["step"] += t2 - t1
                 state.timing["bookkeeping"] += t3 - t2
                 if self._stop_agreed():
-                    self._checkpoint()
+                    with self._evaluation_weights():
+                        self._checkpoint()
                     raise Interrupted(
                         f"stopped by SIGTERM after step {state.step}; a checkpoint is written: "
                         "continue with trainer.resume=true"
@@ -368,11 +400,14 @@ class Trainer:
         state.bad_steps += 1
         state.consecutive_bad_steps += 1
         if state.consecutive_bad_steps >= self.cfg.max_bad_steps:
+            last_good = (
+                f"the last good checkpoint is step {state.last_checkpoint_step}"
+                if state.last_checkpoint_step >= 0 else "no checkpoint was written before"
+            )
             raise TrainingDiverged(
                 f"{state.consecutive_bad_steps} consecutive steps (up to step {state.step}) had a "
-                f"non-finite loss or gradient; the last good checkpoint is step "
-                f"{state.last_checkpoint_step}. Check the data and the model's numerics (or raise "
-                "trainer.max_bad_steps)"
+                f"non-finite loss or gradient; {last_good}. Check the data and the model's numerics "
+                "(or raise trainer.max_bad_steps)"
             )
 
     def _after_step(self, loss: float, seconds: float) -> None:
@@ -401,12 +436,18 @@ class Trainer:
     def _evaluate_or_checkpoint_when_due(self) -> None:
         state, cfg = self.state, self.cfg
         epoch_ended = state.batch_in_epoch == 0
-        if (cfg.eval_interval and state.step % cfg.eval_interval == 0) or (not cfg.eval_interval and epoch_ended):
-            self._record_eval()
-        if cfg.checkpoint_interval and state.step % cfg.checkpoint_interval == 0 and not state.consecutive_bad_steps:
-            start = time.perf_counter()
-            self._checkpoint()
-            state.timing["bookkeeping"] += time.perf_counter() - start
+        eval_due = state.step % cfg.eval_interval == 0 if cfg.eval_interval else epoch_ended
+        checkpoint_due = bool(cfg.checkpoint_interval) and state.step % cfg.checkpoint_interval == 0
+        checkpoint_due = checkpoint_due and not state.consecutive_bad_steps  # keep the last good one
+        if not (eval_due or checkpoint_due):
+            return
+        with self._evaluation_weights():  # one switch for both: they see the same weights
+            if eval_due:
+                self._record_eval()
+            if checkpoint_due:
+                start = time.perf_counter()
+                self._checkpoint()
+                state.timing["bookkeeping"] += time.perf_counter() - start
 
     def summary(self) -> dict[str, Any]:
         state = self.state

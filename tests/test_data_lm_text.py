@@ -118,3 +118,16 @@ def test_missing_openwebtext_raises_dataset_not_found(tmp_path, monkeypatch):
         openwebtext(data_dir=str(tmp_path), block_size=8)
     assert str(tmp_path / "openwebtext") in str(info.value)
     assert not any(Path(tmp_path, "openwebtext-tokens").iterdir())  # no half-built cache
+
+
+def test_compact_vocabulary_keeps_the_most_frequent_training_ids_and_maps_the_rest_to_other():
+    from experiments.data.lm_text import compact_vocabulary
+
+    train = np.array([7, 7, 7, 3, 3, 9, 9, 5, 100])  # counts: 7:3, 3:2, 9:2, 5:1, 100:1
+    val = np.array([9, 42, 7, 5])
+    new_train, new_val = compact_vocabulary(train, [val], size=4)
+    # Kept: 7 (3 times), then 3 and 9 (twice; ties by id) -> 0, 1, 2; everything else -> 3.
+    assert new_train.tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3]
+    assert new_val.tolist() == [2, 3, 0, 3]
+    with pytest.raises(ValueError, match="vocab_size"):
+        compact_vocabulary(train, [val], size=1)

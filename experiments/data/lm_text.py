@@ -128,21 +128,37 @@ class TokenBlocks(Dataset):
         return {"input_ids": block[:-1], "labels": block[1:]}
 
 
+def compact_vocabulary(train: np.ndarray, others: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """Renumber token ids to a vocabulary of ``size``: the ``size - 1`` ids most frequent in
+    ``train`` become ``0 .. size - 2`` (most frequent first, ties by id), every other id becomes
+    ``size - 1``. Returns ``train`` and then ``others`` renumbered.
+
+    A small model's output layer over GPT-2's 50,257 tokens costs more than the rest of it; on a
+    small corpus most of those tokens never occur (a CPU-sized language-modelling task)."""
+    if size < 2:
+        raise ValueError(f"vocab_size must be at least 2 (one kept token and 'other'), got {size}")
+    ids, counts = np.unique(train, return_counts=True)
+    kept = ids[np.lexsort((ids, -counts))][: size - 1]  # by count, descending; then by id
+    mapping = np.full(int(max(train.max(), *(o.max() for o in others))) + 1, size - 1, dtype=np.int64)
+    mapping[kept] = np.arange(len(kept))
+    return [mapping[tokens] for tokens in (train, *others)]
+
+
 def language_model_bundle(
     name: str,
     train_tokens: np.ndarray,
     val_tokens: np.ndarray,
     block_size: int,
-    tokenizer: PreTrainedTokenizerBase,
+    vocab_size: int,
 ) -> DataBundle:
-    """Train and validation token streams as blocks.
+    """Train and validation token streams (ids below ``vocab_size``) as blocks.
 
     Returns a bundle whose batches are ``{"input_ids": long[B, block_size],
     "labels": long[B, block_size]}``.
     """
     return DataBundle(
         name=name,
-        spec=DataSpec(task="language_modeling", vocab_size=len(tokenizer)),
+        spec=DataSpec(task="language_modeling", vocab_size=vocab_size),
         train=TokenBlocks(train_tokens, block_size),
         val=TokenBlocks(val_tokens, block_size),
         collate=default_collate,
@@ -189,7 +205,7 @@ def openwebtext(
 
     # One token more than the budget: the last target token needs its input.
     train = split_tokens("train", None if token_budget is None else token_budget + 1)
-    return language_model_bundle("openwebtext", train, split_tokens("val", None), block_size, tok)
+    return language_model_bundle("openwebtext", train, split_tokens("val", None), block_size, len(tok))
 
 
 def _openwebtext_splits(data_dir: str | None, val_fraction: float) -> DatasetDict:

