@@ -96,6 +96,9 @@ def panels(runs: Sequence[Run], beta: float) -> list[Panel]:
     ]
 
 
+SPARSE_POINTS = 1  # a curve of one point (one evaluation per run) is a point with an error bar
+
+
 def across_seeds(curves: Sequence[pd.Series]) -> pd.DataFrame:
     """Mean, sample standard deviation and count per step of curves aligned on their step index."""
     aligned = pd.concat(curves, axis=1)
@@ -112,6 +115,10 @@ def draw(ax: Axes, panel: Panel, runs_by_label: dict[str, list[Run]], colors: di
         stats = across_seeds(curves)
         if panel.log:
             stats["mean"] = positive(stats["mean"])
+        if len(stats) <= SPARSE_POINTS:  # a line of one point would not show
+            ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0.0), label=label,
+                        color=colors[label], marker="o", markersize=3, capsize=2, linewidth=1)
+            continue
         ax.plot(stats.index, stats["mean"], label=label, color=colors[label], linewidth=1)
         banded = stats[stats["n"] >= 2]
         if not banded.empty:
@@ -140,7 +147,8 @@ def task_figure(task: Task, runs: Sequence[Run], colors: dict[str, Color], beta:
 
 def label_colors(labels: Sequence[str]) -> dict[str, Color]:
     """One colour per optimizer label, the same in every figure."""
-    palette = colormaps["tab10"].colors
+    tab20 = colormaps["tab20"].colors
+    palette = tab20[0::2] + tab20[1::2]  # ten strong colours, then their light shades
     return {label: palette[i % len(palette)] for i, label in enumerate(ordered(labels, LABEL_ORDER))}
 
 

@@ -86,3 +86,12 @@ def test_no_runs_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         plot_curves.main([str(tmp_path)])
     assert exit_info.value.code == 2 and str(tmp_path) in capsys.readouterr().err
+
+
+def test_a_single_evaluation_per_run_is_drawn_as_a_point_with_its_spread(tmp_path):
+    for seed, accuracy in ((0, 0.6), (1, 0.8)):
+        write_run(tmp_path / f"r{seed}", [1.0, 0.9, 0.8], label="ADAM", seed=seed,
+                  evals=[{"step": 3, "epoch": 1, "val_loss": 1.0, "val_accuracy": accuracy}])
+    point = figure(tmp_path).axes[1].get_lines()[0]
+    assert list(point.get_xdata()) == [3] and list(point.get_ydata()) == [pytest.approx(0.7)]
+    assert point.get_marker() == "o"
