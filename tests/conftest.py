@@ -47,6 +47,17 @@ def classification_batch(seed: int = 0, n: int = 64, dtype=torch.float32) -> tup
     return x, y
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matmuls: with two threads on a busy 2-core machine a BERT forward takes ~100 ms
+    instead of ~5 ms (the OpenMP threads wait for each other). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def batch() -> tuple[Tensor, Tensor]:
     return classification_batch()

@@ -4,7 +4,6 @@ naming what is wrong, a non-zero exit code, and no run record claiming success."
 from __future__ import annotations
 
 import json
-import os
 import runpy
 import sys
 from pathlib import Path

@@ -16,7 +16,7 @@ from experiments.checkpoint import list_checkpoints
 from experiments.config import ConfigError
 from experiments.trainer import Trainer
 
-from harness_utils import CONF, run_config
+from harness_utils import CONF, Crash, crashing_at_step, run_config
 
 ROOT = CONF.parent
 OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
@@ -69,8 +69,6 @@ def test_line_search_with_a_schedule_is_rejected(tmp_path):
         run_config(["optimizer=adam", "optimizer.build._target_=optim.SaLSA", "~optimizer.build.lr"], tmp_path)
 
 
-class Crash(RuntimeError):
-    pass
 
 
 def test_resume_after_a_crash_continues_the_same_trajectory(tmp_path, monkeypatch):
@@ -79,13 +77,7 @@ def test_resume_after_a_crash_continues_the_same_trajectory(tmp_path, monkeypatc
     straight = run_config(common, tmp_path / "straight")
 
     original = Trainer._after_step
-
-    def crash_at_step_25(self, loss, seconds):
-        original(self, loss, seconds)
-        if self.state.step == 25:
-            raise Crash("killed")
-
-    monkeypatch.setattr(Trainer, "_after_step", crash_at_step_25)
+    monkeypatch.setattr(Trainer, "_after_step", crashing_at_step(25))
     with pytest.raises(Crash):
         run_config(common, tmp_path / "resumed")
     failed = json.loads((tmp_path / "resumed" / "summary.json").read_text())

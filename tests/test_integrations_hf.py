@@ -26,14 +26,7 @@ from optim.integrations.hf import LineSearchTrainer  # noqa: E402
 SEQ, BATCH = 8, 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: with two threads on a busy 2-core machine a BERT forward here takes ~100 ms
-    instead of ~5 ms (the OpenMP threads wait for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_bert(dropout: float = 0.0, seed: int = 0) -> BertForSequenceClassification:

@@ -18,7 +18,7 @@ from experiments.checkpoint import list_checkpoints
 from experiments.config import ConfigError, check_build_blocks
 from experiments.trainer import Trainer
 
-from harness_utils import compose_run_config, run_config
+from harness_utils import Crash, compose_run_config, crashing_at_step, run_config
 
 PACKAGES = {"prodigy": "prodigyopt", "dadapt_adam": "dadaptation", "schedulefree_adamw": "schedulefree"}
 LABELS = {"prodigy": "Prodigy", "dadapt_adam": "D-Adapt Adam", "schedulefree_adamw": "Schedule-Free AdamW"}
@@ -61,8 +61,6 @@ def test_short_run_lowers_the_loss(optimizer, tmp_path):
     assert val_losses[-1] < val_losses[0]
 
 
-class Crash(RuntimeError):
-    pass
 
 
 def _capture_schedulefree_points(monkeypatch) -> list[dict[str, list[torch.Tensor]]]:
@@ -121,13 +119,7 @@ def test_schedulefree_resume_continues_the_same_trajectory(tmp_path, monkeypatch
     straight = run_config(common, tmp_path / "straight")
 
     original = Trainer._after_step
-
-    def crash_at_step_25(self, loss, seconds):
-        original(self, loss, seconds)
-        if self.state.step == 25:
-            raise Crash("killed")
-
-    monkeypatch.setattr(Trainer, "_after_step", crash_at_step_25)
+    monkeypatch.setattr(Trainer, "_after_step", crashing_at_step(25))
     with pytest.raises(Crash):
         run_config(common, tmp_path / "resumed")
     monkeypatch.setattr(Trainer, "_after_step", original)

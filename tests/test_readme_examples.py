@@ -13,7 +13,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from ranks import free_port, loopback_env
 
@@ -30,14 +29,7 @@ REQUIREMENTS = {
 LOSS_LINE = re.compile(r"loss (\d+\.\d+) -> (\d+\.\d+)")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: with two threads on a busy 2-core machine a BERT forward here takes ~100 ms
-    instead of ~5 ms (the OpenMP threads wait for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def readme_section() -> str:
