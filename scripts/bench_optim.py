@@ -294,11 +294,15 @@ def run_block(contender: Contender, round_index: int, steps: int, sync: Sync) ->
 
 
 def run_interleaved(contenders: list[Contender], steps: int, block: int, sync: Sync) -> list[Block]:
-    """Rounds of one block per contender, in order, until each has taken ``steps`` steps."""
+    """Rounds of one block per contender until each has taken ``steps`` steps. The order rotates
+    from round to round: a block runs measurably faster or slower depending on the block before
+    it (the memory the previous optimizer allocated and freed), and a fixed order would bias
+    every comparison the same way."""
+    rounds = enumerate(range(0, steps, block))
     return [
         run_block(contender, round_index, min(block, steps - start), sync)
-        for round_index, start in enumerate(range(0, steps, block))
-        for contender in contenders
+        for round_index, start in rounds
+        for contender in contenders[round_index % len(contenders):] + contenders[: round_index % len(contenders)]
     ]
 
 
@@ -430,7 +434,7 @@ def table_row(cells: Iterable[object]) -> str:
 def markdown(results: dict[str, dict], meta: dict[str, Any]) -> str:
     setting = (
         f"torch {meta['torch']}, {meta['threads']} threads, {meta['steps']} steps per optimizer in "
-        f"interleaved blocks of {meta['block']} (first round discarded), {meta['date']}, "
+        f"interleaved blocks of {meta['block']} (order rotated every round, first round discarded), {meta['date']}, "
         f"load average {meta['load_average'][0]:.2f} at the start, {meta['load_average_end'][0]:.2f} at the end."
     )
     definition = (

@@ -1,0 +1,20 @@
+"""scripts/bench_optim.py's interleaving (the timings themselves are not tested: they are the
+benchmark's output, not behaviour)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import bench_optim  # noqa: E402
+
+
+def test_every_contender_runs_one_block_per_round_in_an_order_that_rotates(monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench_optim, "run_block", lambda c, r, n, sync: calls.append((r, c, n)) or (r, c))
+    bench_optim.run_interleaved(["A", "B", "C"], steps=70, block=20, sync=lambda: None)
+    order = [[c for r, c, _ in calls if r == round_index] for round_index in range(4)]
+    assert order == [["A", "B", "C"], ["B", "C", "A"], ["C", "A", "B"], ["A", "B", "C"]]
+    assert [n for r, c, n in calls if c == "A"] == [20, 20, 20, 10]  # 70 steps each
