@@ -25,5 +25,7 @@ from .line_search import LineSearchOptimizer, ReleasedRule, SearchRule
 from .salsa import SaLSA
 from .sls import SLS
 
-__all__ = ["ClosureOptimizer", "L4", "LineSearchOptimizer", "ReleasedRule", "RNGSnapshot", "SLS", "SaLSA", "SearchRule"]
+__all__ = [
+    "ClosureOptimizer", "L4", "LineSearchOptimizer", "ReleasedRule", "RNGSnapshot", "SLS", "SaLSA", "SearchRule",
+]
 __version__ = "0.1.0"

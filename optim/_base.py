@@ -83,11 +83,6 @@ class ClosureOptimizer(torch.optim.Optimizer):
         when L0 or the gradient is not finite (the step is then skipped and counted). A first
         evaluation the caller ran (``loss=``) counts as one forward and one backward."""
         scalars = self.scalars
-        if evaluate.given_loss is not None and not any(p.grad is not None for p in evaluate.params):
-            raise ValueError(
-                "loss: step(closure, loss=L0) continues from gradients already computed, but no "
-                "parameter has a .grad; run the backward of L0 (of every micro-batch) first"
-            )
         loss = evaluate.first(grad_scaler)
         scalars["n_forwards"] += 1
         scalars["n_backwards"] += 1
@@ -97,7 +92,8 @@ class ClosureOptimizer(torch.optim.Optimizer):
         grad_sq = inner(tensors.grads, tensors.grads)
         # The one sync of the first evaluation: L0 and ||g||^2, which is finite iff g is.
         dtype = decision_dtype(loss, grad_sq)
-        values = torch.stack([loss.to(dtype), grad_sq.to(device=loss.device, dtype=dtype) * self._global_inner_factor()])
+        grad_sq_global = grad_sq.to(device=loss.device, dtype=dtype) * self._global_inner_factor()
+        values = torch.stack([loss.to(dtype), grad_sq_global])
         loss0, grad_sq_value = host_floats(values, self.group_for_decisions)
         scalars["last_loss"] = loss0
         if not (math.isfinite(loss0) and math.isfinite(grad_sq_value)):

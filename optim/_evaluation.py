@@ -40,7 +40,9 @@ def check_closure(closure: Closure | None) -> Convention:
     Raises ``TypeError`` for anything else, naming both conventions.
     """
     if closure is None:
-        raise TypeError(f"closure: a line search must re-evaluate the loss; call opt.step(closure) with {_CONVENTIONS}")
+        raise TypeError(
+            f"closure: a line search must re-evaluate the loss; call opt.step(closure) with {_CONVENTIONS}"
+        )
     if not callable(closure):
         raise TypeError(f"closure: expected a callable, got {type(closure).__name__}")
     code = getattr(closure, "__code__", None)
@@ -202,6 +204,11 @@ class LossEvaluator:
         """L0 with its backward pass (gradients land in ``.grad``), or the caller's L0.
         ``grad_scaler`` scales the loss before the backward the optimizer runs itself."""
         if self.given_loss is not None:
+            if not any(p.grad is not None for p in self.params):
+                raise ValueError(
+                    "loss: step(closure, loss=L0) continues from gradients already computed, but "
+                    "no parameter has a .grad; run the backward of L0 (of every micro-batch) first"
+                )
             if isinstance(self.given_loss, Tensor):
                 return _as_loss(self.given_loss)
             return torch.tensor(float(self.given_loss), dtype=torch.float64)
