@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._evaluation import LossEvaluator, decision_dtype, default_process_group, host_floats
+from ._evaluation import LossEvaluator, default_process_group, host_floats
 from ._sharding import check_sharding, local
 from .directions import StepTensors, inner
 
@@ -57,24 +57,24 @@ class ClosureOptimizer(torch.optim.Optimizer):
             (p for group in self.param_groups for p in group["params"]), self.process_group
         )
 
-    def _global_inner_factor(self) -> float:
-        """What turns the average over ranks (the reduction of every decision) into the sum an
-        inner product over sharded parameters needs: the number of ranks, else 1."""
+    def _summed_over_shards(self, local_inner: Tensor) -> Tensor:
+        """An inner product over this rank's shards, scaled so that the average over ranks (the
+        reduction of every decision) gives the inner product over the whole parameters: times the
+        number of ranks when the parameters are FSDP2 shards, else unchanged."""
         group = self.group_for_decisions
-        return float(dist.get_world_size(group)) if self.sharded and group is not None else 1.0
+        if self.sharded and group is not None:
+            return local_inner * float(dist.get_world_size(group))
+        return local_inner
 
     def _step_tensors(self, step: int) -> StepTensors:
-        params, grads, states = [], [], []
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                params.append(local(p))
-                grads.append(local(p.grad))
-                states.append(self.state[p])
-        return StepTensors(params, grads, states, step)
+        with_grad = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if any(p.grad.is_sparse for p in with_grad):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        states = [self.state[p] for p in with_grad]
+        if self.sharded:
+            params, grads = [local(p) for p in with_grad], [local(p.grad) for p in with_grad]
+            return StepTensors(params, grads, states, step)
+        return StepTensors(with_grad, [p.grad for p in with_grad], states, step)
 
     def _first_evaluation(
         self, evaluate: LossEvaluator, grad_scaler: torch.amp.GradScaler | None
@@ -91,9 +91,7 @@ class ClosureOptimizer(torch.optim.Optimizer):
         tensors = self._step_tensors(scalars["step"] + 1)
         grad_sq = inner(tensors.grads, tensors.grads)
         # The one sync of the first evaluation: L0 and ||g||^2, which is finite iff g is.
-        dtype = decision_dtype(loss, grad_sq)
-        grad_sq_global = grad_sq.to(device=loss.device, dtype=dtype) * self._global_inner_factor()
-        values = torch.stack([loss.to(dtype), grad_sq_global])
+        values = [loss, self._summed_over_shards(grad_sq)]
         loss0, grad_sq_value = host_floats(values, self.group_for_decisions)
         scalars["last_loss"] = loss0
         if not (math.isfinite(loss0) and math.isfinite(grad_sq_value)):

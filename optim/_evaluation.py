@@ -45,11 +45,15 @@ def check_closure(closure: Closure | None) -> Convention:
         )
     if not callable(closure):
         raise TypeError(f"closure: expected a callable, got {type(closure).__name__}")
-    code = getattr(closure, "__code__", None)
+    # The common cases, a function or an object with a Python __call__, without the cost of
+    # inspect.signature on every step.
+    code, bound = getattr(closure, "__code__", None), inspect.ismethod(closure)
+    if code is None and not isinstance(closure, (types.BuiltinFunctionType, functools.partial)):
+        code, bound = getattr(type(closure).__call__, "__code__", None), True
     if code is not None and not isinstance(closure, functools.partial):
-        convention = _convention_of_code(code, inspect.ismethod(closure))
+        convention = _convention_of_code(code, bound)
         if convention is not None:
-            return convention  # the common case, without inspect.signature's cost on every step
+            return convention
     try:
         parameters = inspect.signature(closure).parameters
     except (TypeError, ValueError):  # builtins and some C callables expose no signature
@@ -111,28 +115,34 @@ class RNGSnapshot:
 
     @contextlib.contextmanager
     def replay(self) -> Iterator[None]:
-        with torch.random.fork_rng(
-            devices=self.device_indices, device_type=self.device_type or "cuda"
-        ):
-            torch.set_rng_state(self.cpu_state)
-            if self.device_type is not None:
-                module = getattr(torch, self.device_type)
-                for index, state in zip(self.device_indices, self.device_states):
-                    module.set_rng_state(state, index)
+        # What torch.random.fork_rng does, for the devices known here, without its per-call
+        # device discovery: this runs on every trial.
+        module = getattr(torch, self.device_type) if self.device_type is not None else None
+        cpu_before = torch.get_rng_state()
+        device_before = [module.get_rng_state(i) for i in self.device_indices] if module else []
+        torch.set_rng_state(self.cpu_state)
+        for index, state in zip(self.device_indices, self.device_states):
+            module.set_rng_state(state, index)
+        try:
             yield
+        finally:
+            torch.set_rng_state(cpu_before)
+            for index, state in zip(self.device_indices, device_before):
+                module.set_rng_state(state, index)
 
 
-@contextlib.contextmanager
-def frozen_batchnorm_stats(module: nn.Module | None) -> Iterator[None]:
+def frozen_batchnorm_stats(module: nn.Module | None) -> contextlib.AbstractContextManager[None]:
     """Hold the running statistics of every BatchNorm layer of ``module`` during trials.
 
     A layer in train mode keeps normalising with the batch statistics (so a trial sees the same
     function as the first evaluation) but, with ``track_running_stats`` switched off for the
     duration, neither ``running_mean``/``running_var`` nor ``num_batches_tracked`` change.
     """
-    if module is None:
-        yield
-        return
+    return contextlib.nullcontext() if module is None else _frozen_batchnorm_stats(module)
+
+
+@contextlib.contextmanager
+def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
     held = [
         m
         for m in module.modules()
@@ -172,10 +182,16 @@ def decision_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def host_floats(values: Tensor, process_group: dist.ProcessGroup | None) -> list[float]:
-    """The rank-averaged values as Python floats: the one host sync of an evaluation."""
-    values = values.detach().reshape(-1).to(decision_dtype(values))
-    return rank_mean(values, process_group).tolist()
+def host_floats(values: list[Tensor], process_group: dist.ProcessGroup | None) -> list[float]:
+    """The rank-averaged one-element ``values`` as Python floats: the one host sync of an
+    evaluation. On a single rank with CPU tensors there is nothing to synchronise: each value
+    is read directly, which costs fewer small ops than stacking them first."""
+    if process_group is None and all(v.device.type == "cpu" for v in values):
+        return [v.item() for v in values]
+    dtype = decision_dtype(*values)
+    device = values[0].device
+    stacked = torch.stack([v.detach().reshape(()).to(device=device, dtype=dtype) for v in values])
+    return rank_mean(stacked, process_group).tolist()
 
 
 class LossEvaluator:

@@ -15,6 +15,7 @@ with :math:`P = 1/(\sqrt{\hat v} + \epsilon)`, :math:`\hat m = m/(1-\beta_1^t)`,
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,8 +32,42 @@ def inner(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
     """
     if not xs:
         return torch.zeros(())
-    dots = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
-    return torch.stack([d.to(dots[0].dtype) for d in dots]).sum() if len(dots) > 1 else dots[0]
+    return _sum(_dots(xs, ys))
+
+
+def _dots(xs: Iterable[Tensor], ys: Iterable[Tensor]) -> list[Tensor]:
+    return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
+
+
+def _sum(dots: list[Tensor]) -> Tensor:
+    if len(dots) == 1:
+        return dots[0]
+    dtype = dots[0].dtype
+    return torch.stack([d if d.dtype == dtype else d.to(dtype) for d in dots]).sum()
+
+
+# On CPU a foreach op is a loop over its tensors: a chain of k foreach ops over all parameters
+# streams every tensor k times between memory and the cache. Run over groups of tensors that fit
+# in the cache, the chain streams each group in once and works on it there (measured on the MLP
+# benchmark: building the direction and its inner product this way is ~0.5 ms of ~2.5 ms
+# faster). On accelerators one launch per op over all tensors is what counts: one group.
+CPU_GROUP_BYTES = 4 * 2**20
+
+
+def cache_groups(tensors: list[Tensor]) -> list[slice]:
+    """Consecutive slices of ``tensors``: all of them on an accelerator; on CPU, groups of at
+    most :data:`CPU_GROUP_BYTES` (a larger tensor is a group of its own)."""
+    if not tensors or tensors[0].device.type != "cpu":
+        return [slice(0, len(tensors))]
+    groups, start, size = [], 0, 0
+    for i, x in enumerate(tensors):
+        nbytes = x.numel() * x.element_size()
+        if i > start and size + nbytes > CPU_GROUP_BYTES:
+            groups.append(slice(start, i))
+            start, size = i, 0
+        size += nbytes
+    groups.append(slice(start, len(tensors)))
+    return groups
 
 
 @dataclass
@@ -53,9 +88,9 @@ class SGDDirection:
     def begin_step(self, t: StepTensors) -> None:
         """Nothing to update: the gradient is the direction."""
 
-    def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> Tensor:
-        r""":math:`\langle g, d\rangle = \|g\|^2` (already computed by the caller)."""
-        return grad_sq
+    def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> tuple[Tensor, float]:
+        r""":math:`\langle g, d\rangle = \|g\|^2` (already computed by the caller), factor 1."""
+        return grad_sq, 1.0
 
     def move(self, t: StepTensors, alpha: float, along: Along) -> None:
         torch._foreach_add_(t.params, t.grads, alpha=alpha)
@@ -85,6 +120,7 @@ class AdamDirection:
         self.eps = eps
         self.bias_correction_offset = bias_correction_offset
         self._buffer: list[Tensor] = []
+        self._groups: list[slice] = []  # of the buffer, see cache_groups
         # What the buffer holds: a direction (up to its scale), the preconditioner's denominator
         # or nothing valid for this step.
         self._buffer_holds: Along | Literal["denominator"] | None = None
@@ -94,16 +130,24 @@ class AdamDirection:
         return 1.0 - self.beta1**t, 1.0 - self.beta2**t
 
     def begin_step(self, t: StepTensors) -> None:
-        """Update the moments with this step's gradient."""
+        """Update the moments with this step's gradient (group by group, see :func:`cache_groups`)."""
         for p, state in zip(t.params, t.states):
             if "exp_avg" not in state:
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if len(self._buffer) != len(t.params) or any(
+            b.shape != p.shape or b.device != p.device or b.dtype != p.dtype
+            for b, p in zip(self._buffer, t.params)
+        ):
+            self._buffer = [torch.empty_like(p) for p in t.params]
+            self._groups = cache_groups(self._buffer)
         exp_avgs = [s["exp_avg"] for s in t.states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in t.states]
-        torch._foreach_lerp_(exp_avgs, t.grads, 1.0 - self.beta1)
-        torch._foreach_mul_(exp_avg_sqs, self.beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, t.grads, t.grads, value=1.0 - self.beta2)
+        for group in self._groups:
+            grads = t.grads[group]
+            torch._foreach_lerp_(exp_avgs[group], grads, 1.0 - self.beta1)
+            torch._foreach_mul_(exp_avg_sqs[group], self.beta2)
+            torch._foreach_addcmul_(exp_avg_sqs[group], grads, grads, value=1.0 - self.beta2)
         self._buffer_holds = None
 
     def _scale(self, t: StepTensors, along: Along) -> float:
@@ -117,36 +161,62 @@ class AdamDirection:
     def _numerators(self, t: StepTensors, along: Along) -> list[Tensor]:
         return t.grads if along == "gradient" else [s["exp_avg"] for s in t.states]
 
-    def _denominator(self, t: StepTensors) -> list[Tensor]:
-        r"""The buffer filled with :math:`\sqrt v + \epsilon \sqrt{bc_2}` (two passes)."""
-        if self._buffer_holds == "denominator":
-            return self._buffer
-        if len(self._buffer) != len(t.params) or any(
-            b.shape != p.shape or b.device != p.device or b.dtype != p.dtype
-            for b, p in zip(self._buffer, t.params)
-        ):
-            self._buffer = [torch.empty_like(p) for p in t.params]
+    def _fill_denominator(self, t: StepTensors, group: slice) -> None:
+        r"""The buffer's ``group`` filled with :math:`\sqrt v + \epsilon \sqrt{bc_2}` (two passes)."""
+        buffer = self._buffer[group]
         # foreach ops have no out= form: sqrt is per tensor, so nothing is allocated.
-        for b, v in zip(self._buffer, (s["exp_avg_sq"] for s in t.states)):
-            torch.sqrt(v, out=b)
-        torch._foreach_add_(self._buffer, self.eps * math.sqrt(self._corrections(t.step)[1]))
-        self._buffer_holds = "denominator"
+        for b, state in zip(buffer, t.states[group]):
+            torch.sqrt(state["exp_avg_sq"], out=b)
+        torch._foreach_add_(buffer, self.eps * math.sqrt(self._corrections(t.step)[1]))
+
+    def _denominator(self, t: StepTensors) -> list[Tensor]:
+        """The buffer holding the preconditioner's denominator."""
+        if self._buffer_holds != "denominator":
+            for group in self._groups:
+                self._fill_denominator(t, group)
+            self._buffer_holds = "denominator"
         return self._buffer
+
+    def _build(self, t: StepTensors, along: Along, dot_with: list[Tensor] | None) -> list[Tensor]:
+        """Fill the buffer with the direction along ``along`` up to its scale (three passes, one
+        if it holds the denominator); return its per-tensor inner products with ``dot_with``,
+        taken group by group while the group is in cache."""
+        has_denominator = self._buffer_holds == "denominator"
+        numerators = self._numerators(t, along)
+        dots: list[Tensor] = []
+        for group in self._groups:
+            if not has_denominator:
+                self._fill_denominator(t, group)
+            buffer = self._buffer[group]
+            for b, x in zip(buffer, numerators[group]):
+                torch.div(x, b, out=b)
+            if dot_with is not None:
+                dots += _dots(dot_with[group], buffer)
+        self._buffer_holds = along
+        return dots
 
     def direction(self, t: StepTensors, along: Along) -> tuple[list[Tensor], float]:
         r""":math:`P g` or :math:`P \hat m` for this step as ``(buffer, s)``, the vector being
-        ``s * buffer`` (see :meth:`_scale`); three passes over memory when not already built."""
+        ``s * buffer`` (see :meth:`_scale`)."""
         if self._buffer_holds != along:
-            buffer = self._denominator(t)
-            for b, x in zip(buffer, self._numerators(t, along)):
-                torch.div(x, b, out=b)
-            self._buffer_holds = along
+            self._build(t, along, None)
         return self._buffer, self._scale(t, along)
 
-    def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> Tensor:
-        r""":math:`\langle g, P g\rangle` or :math:`\langle g, P \hat m\rangle`."""
-        buffer, scale = self.direction(t, along)
-        return inner(t.grads, buffer) * scale
+    def direction_and_inner(
+        self, t: StepTensors, along: Along, others: list[Tensor]
+    ) -> tuple[list[Tensor], float, Tensor]:
+        r""":meth:`direction` and :math:`\langle` ``others``, buffer :math:`\rangle` (without
+        the scale ``s``), the inner product taken as the direction is built."""
+        if self._buffer_holds == along:
+            return self._buffer, self._scale(t, along), inner(others, self._buffer)
+        dots = self._build(t, along, others)
+        return self._buffer, self._scale(t, along), _sum(dots) if dots else torch.zeros(())
+
+    def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> tuple[Tensor, float]:
+        r""":math:`\langle g, P g\rangle` or :math:`\langle g, P \hat m\rangle` as a tensor
+        and a factor to multiply it by once it is on the host."""
+        _, scale, dot = self.direction_and_inner(t, along, t.grads)
+        return dot, scale
 
     def move(self, t: StepTensors, alpha: float, along: Along) -> None:
         r""":math:`\theta \leftarrow \theta + \alpha\, P x`. Along a vector already built this is
@@ -199,14 +269,16 @@ class ReleasedAdamDirection(AdamDirection):
             if along == "gradient":
                 self._buffer = [p * g for p, g in zip(pv, t.grads)]
             else:
-                self._buffer = [p * self._scaled(s["exp_avg"], self.beta1, t.step) for p, s in zip(pv, t.states)]
+                self._buffer = [
+                    p * self._scaled(s["exp_avg"], self.beta1, t.step) for p, s in zip(pv, t.states)
+                ]
             self._buffer_holds = along
         return self._buffer, 1.0
 
     def move(self, t: StepTensors, alpha: float, along: Along) -> None:
         torch._foreach_add_(t.params, self.direction(t, along)[0], alpha=alpha)
 
-    def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> Tensor:
+    def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> tuple[Tensor, float]:
         pv = self._preconditioner(t)
         total: Tensor | int = 0
         for g, p, s in zip(t.grads, pv, t.states):
@@ -215,4 +287,4 @@ class ReleasedAdamDirection(AdamDirection):
             else:
                 d = self._scaled(s["exp_avg"], self.beta1, t.step) * p
                 total = total + torch.inner(g.flatten(), d.flatten()).sum()
-        return total if isinstance(total, Tensor) else torch.zeros(())
+        return (total if isinstance(total, Tensor) else torch.zeros(())), 1.0

@@ -121,14 +121,14 @@ class L4(ClosureOptimizer):
         self.moments.begin_step(t)
         bias1 = 1.0 - defaults["betas"][0] ** t.step
         if self.direction == "adam":
-            v, v_scale = self.moments.direction(t, "momentum")  # v_scale v = m_hat / (sqrt(v_hat) + eps)
-            g_hat = [s["exp_avg"] for s in t.states]
-            (dot,) = host_floats(
-                inner(v, g_hat) * (v_scale / bias1 * self._global_inner_factor()), self.group_for_decisions
-            )
+            # v_scale * v = m_hat / (sqrt(v_hat) + eps), the step; dot = <v_scale * v, m / bias1>
+            exp_avgs = [s["exp_avg"] for s in t.states]
+            v, v_scale, dot_vm = self.moments.direction_and_inner(t, "momentum", exp_avgs)
+            (dot,) = host_floats([self._summed_over_shards(dot_vm)], self.group_for_decisions)
+            dot *= v_scale / bias1
         else:
             v = [s["exp_avg"] for s in t.states]  # v = g_hat = m / bias1
-            (dot,) = host_floats(inner(v, v) * self._global_inner_factor(), self.group_for_decisions)
+            (dot,) = host_floats([self._summed_over_shards(inner(v, v))], self.group_for_decisions)
             dot /= bias1 * bias1
             v_scale = 1.0 / bias1
 

@@ -352,8 +352,9 @@ class LineSearchOptimizer(ClosureOptimizer):
         searching = self._search_due(search)
         if searching:
             search["steps_since_search"] = 0
-            local_term = self.direction.grad_term(t, rule.search_along, grad_sq)
-            (grad_term,) = host_floats(local_term * self._global_inner_factor(), group)
+            local_term, factor = self.direction.grad_term(t, rule.search_along, grad_sq)
+            (grad_term,) = host_floats([self._summed_over_shards(local_term)], group)
+            grad_term *= factor
             if rule.grad_term_root:
                 grad_term = math.sqrt(max(grad_term, 0.0))
             test_term = rule.smooth_grad_term(search["avg_grad_term"], grad_term)
@@ -406,7 +407,7 @@ class LineSearchOptimizer(ClosureOptimizer):
         search["n_searches"] += 1
         for trial in range(rule.max_trials):
             position.go_to(-eta, rule.search_along)
-            (loss1,) = host_floats(evaluate.trial(), group)
+            (loss1,) = host_floats([evaluate.trial()], group)
             search["n_forwards"] += 1
             if rule.test(search, loss0, loss1, eta, grad_term):
                 search["n_backtracks"] += trial

@@ -95,7 +95,9 @@ class SaLSA(LineSearchOptimizer):
         )
         if as_released:
             if direction != "adam":
-                raise ValueError("as_released=True reproduces the released Adam SaLSA: direction must be 'adam'")
+                raise ValueError(
+                    "as_released=True reproduces the released Adam SaLSA: direction must be 'adam'"
+                )
             # 0.1.0 counts the step before testing `step < 10`: searches are forced on steps 1-9.
             rule: SearchRule = ReleasedRule(**rule_args, forced_searches=9, skipped_growth="unstored")
             search_direction: Any = ReleasedAdamDirection(betas[:2], eps)

@@ -174,3 +174,45 @@ def test_a_closure_calling_backward_in_a_no_grad_trial_fails_at_once(name):
     assert calls == [True, False]  # the first trial
     # Back at the start point of the search (the relative moves cancel up to rounding).
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(model.parameters(), before))
+
+
+class SaLSAStyle:
+    """A closure object with a ``backwards`` flag (the benchmark's and many trainers' shape)."""
+
+    def __init__(self, model, x, y):
+        self.model, self.x, self.y = model, x, y
+
+    def __call__(self, backwards: bool = False):
+        loss = nn.functional.cross_entropy(self.model(self.x), self.y)
+        if backwards:
+            loss.backward()
+        return loss
+
+
+class SLSStyle(SaLSAStyle):
+    def __call__(self):  # type: ignore[override]
+        return nn.functional.cross_entropy(self.model(self.x), self.y)
+
+
+class NeedsAnArgument(SaLSAStyle):
+    def __call__(self, batch):  # type: ignore[override]
+        raise AssertionError("never called")
+
+
+@pytest.mark.parametrize("name", ["salsa", "sls"])
+def test_closure_objects_follow_the_convention_of_their_call_method(name):
+    def with_objects(make_closure):
+        def step(opt, model, x, y):
+            opt.zero_grad()
+            return opt.step(make_closure(model, x, y))
+
+        return step
+
+    expected_losses, expected_params = train(OPTIMIZERS[name], salsa_convention)
+    for closure_class in (SaLSAStyle, SLSStyle):
+        losses, params = train(OPTIMIZERS[name], with_objects(closure_class))
+        assert losses == expected_losses
+        assert all(torch.equal(a, b) for a, b in zip(params, expected_params))
+    model = small_mlp()
+    with pytest.raises(TypeError, match=r"closure: it takes required parameters \['batch'\]"):
+        OPTIMIZERS[name](model.parameters()).step(NeedsAnArgument(model, *classification_batch()))

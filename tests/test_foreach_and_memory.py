@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
-from optim import SLS, SaLSA
+from optim import L4, SLS, SaLSA, directions
 
 from conftest import classification_batch, model_closure, small_mlp
 
@@ -31,7 +32,11 @@ def loop_salsa_step(params, grads, moments, step, eta_prev, avg_g, avg_d, loss0,
         eta *= 0.8
 
 
-def test_salsa_matches_a_per_tensor_loop():
+@pytest.mark.parametrize(
+    "group_bytes", [directions.CPU_GROUP_BYTES, 1], ids=["one_group", "group_per_tensor"]
+)
+def test_salsa_matches_a_per_tensor_loop(group_bytes, monkeypatch):
+    monkeypatch.setattr(directions, "CPU_GROUP_BYTES", group_bytes)
     model = small_mlp(dtype=torch.float64)
     x, y = classification_batch(dtype=torch.float64)
     opt = SaLSA(model.parameters(), speed_up=False)
@@ -62,6 +67,48 @@ def test_salsa_matches_a_per_tensor_loop():
             torch.testing.assert_close(opt.state[p]["exp_avg"], m, rtol=1e-12, atol=1e-16)
             torch.testing.assert_close(opt.state[p]["exp_avg_sq"], v, rtol=1e-12, atol=1e-16)
         params = [p.detach().clone() for p in model.parameters()]  # follow the optimizer's rounding
+
+
+def test_cache_groups_are_consecutive_cover_every_tensor_and_fit_the_budget(monkeypatch):
+    kib = [torch.empty(n * 256) for n in (1, 2, 1, 8, 3, 3, 1)]  # float32: n KiB each
+    monkeypatch.setattr(directions, "CPU_GROUP_BYTES", 4 * 1024)
+    groups = directions.cache_groups(kib)
+    # Greedy from the left: [1,2,1] KiB, then 8 KiB alone (over budget), [3], [3,1].
+    assert groups == [slice(0, 3), slice(3, 4), slice(4, 5), slice(5, 7)]
+    assert directions.cache_groups(kib[:2]) == [slice(0, 2)]
+    assert directions.cache_groups([torch.empty(4, device="meta")] * 3) == [slice(0, 3)]  # not CPU: one
+    assert directions.cache_groups([]) == [slice(0, 0)]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda params: SaLSA(params, forced_searches=3),
+        lambda params: SaLSA(params, use_mv=True),
+        lambda params: SLS(params, direction="adam"),
+        lambda params: L4(params),
+    ],
+    ids=["salsa", "salsa_use_mv", "sls_adam", "l4"],
+)
+def test_grouping_the_foreach_chains_changes_no_bit(make, monkeypatch):
+    """The groups only reorder which tensor an op visits first: every element sees the same
+    float operations, so the trajectory is bit-identical with one group or one per tensor."""
+
+    def train() -> tuple[list[torch.Tensor], int]:
+        model = small_mlp(seed=3)
+        opt = make(model.parameters())
+        for i in range(8):
+            opt.zero_grad()
+            opt.step(model_closure(model, *classification_batch(seed=i)))
+        adam = opt.moments if isinstance(opt, L4) else opt.direction
+        return [p.detach().clone() for p in model.parameters()], len(adam._groups)
+
+    together, n_together = train()
+    monkeypatch.setattr(directions, "CPU_GROUP_BYTES", 1)
+    apart, n_apart = train()
+    assert (n_together, n_apart) == (1, 4)
+    for a, b in zip(together, apart):
+        assert torch.equal(a, b)
 
 
 def tensor_bytes(tensors) -> int:
