@@ -186,7 +186,7 @@ def host_floats(values: list[Tensor], process_group: dist.ProcessGroup | None) -
     """The rank-averaged one-element ``values`` as Python floats: the one host sync of an
     evaluation. On a single rank with CPU tensors there is nothing to synchronise: each value
     is read directly, which costs fewer small ops than stacking them first."""
-    if process_group is None and all(v.device.type == "cpu" for v in values):
+    if process_group is None and all(v.is_cpu for v in values):
         return [v.item() for v in values]
     dtype = decision_dtype(*values)
     device = values[0].device
@@ -266,5 +266,6 @@ def _as_loss(loss: object, detach: bool = True) -> Tensor:
             f"closure: must return the loss as a one-element tensor, got {type(loss).__name__}"
             + (f" of shape {tuple(loss.shape)}" if isinstance(loss, Tensor) else "")
         )
-    loss = loss.reshape(())
-    return loss.detach() if detach else loss
+    if loss.dim():
+        loss = loss.reshape(())
+    return loss.detach() if detach and loss.requires_grad else loss

@@ -169,14 +169,6 @@ class AdamDirection:
             torch.sqrt(state["exp_avg_sq"], out=b)
         torch._foreach_add_(buffer, self.eps * math.sqrt(self._corrections(t.step)[1]))
 
-    def _denominator(self, t: StepTensors) -> list[Tensor]:
-        """The buffer holding the preconditioner's denominator."""
-        if self._buffer_holds != "denominator":
-            for group in self._groups:
-                self._fill_denominator(t, group)
-            self._buffer_holds = "denominator"
-        return self._buffer
-
     def _build(self, t: StepTensors, along: Along, dot_with: list[Tensor] | None) -> list[Tensor]:
         """Fill the buffer with the direction along ``along`` up to its scale (three passes, one
         if it holds the denominator); return its per-tensor inner products with ``dot_with``,
@@ -225,9 +217,14 @@ class AdamDirection:
         scale = self._scale(t, along)
         if self._buffer_holds == along:
             torch._foreach_add_(t.params, self._buffer, alpha=alpha * scale)
-        else:
-            denominator = self._denominator(t)
-            torch._foreach_addcdiv_(t.params, self._numerators(t, along), denominator, value=alpha * scale)
+            return
+        has_denominator = self._buffer_holds == "denominator"
+        numerators, value = self._numerators(t, along), alpha * scale
+        for group in self._groups:
+            if not has_denominator:
+                self._fill_denominator(t, group)
+            torch._foreach_addcdiv_(t.params[group], numerators[group], self._buffer[group], value=value)
+        self._buffer_holds = "denominator"
 
 
 class ReleasedAdamDirection(AdamDirection):

@@ -154,3 +154,28 @@ def test_memory_is_at_most_adams_state_plus_one_buffer():
     sgd_sls.zero_grad()
     sgd_sls.step(model_closure(model, x, y))
     assert tensor_bytes(state_tensors(sgd_sls)) == 0  # plain SLS keeps no tensors at all
+
+
+@pytest.mark.parametrize(
+    "group_bytes", [directions.CPU_GROUP_BYTES, 1], ids=["one_group", "group_per_tensor"]
+)
+def test_a_step_the_speed_up_rule_skips_moves_by_eta_prev_along_adams_update(group_bytes, monkeypatch):
+    """theta <- theta0 - eta_prev * m_hat / (sqrt(v_hat) + eps), from the moments after the step."""
+    monkeypatch.setattr(directions, "CPU_GROUP_BYTES", group_bytes)
+    model = small_mlp(dtype=torch.float64)
+    opt = SaLSA(model.parameters(), forced_searches=2)
+    for i in range(4):
+        if i == 3:  # accepted step sizes settled: fast EMA = slow EMA, search every 10 steps
+            opt.scalars["avg_step_size_fast"] = opt.scalars["avg_step_size_slow"]
+        before = [p.detach().clone() for p in model.parameters()]
+        searches, eta_prev = opt.diagnostics["n_searches"], opt.diagnostics["step_size"]
+        opt.zero_grad()
+        opt.step(model_closure(model, *classification_batch(seed=i, dtype=torch.float64)))
+    step = opt.diagnostics["n_steps"]
+    assert step == 4 and opt.diagnostics["n_searches"] == searches == 3
+    assert opt.diagnostics["step_size"] == eta_prev
+    for p, p0 in zip(model.parameters(), before):
+        m_hat = opt.state[p]["exp_avg"] / (1 - 0.9**step)
+        v_hat = opt.state[p]["exp_avg_sq"] / (1 - 0.999**step)
+        expected = p0 - eta_prev * m_hat / (v_hat.sqrt() + 1e-8)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-12, atol=1e-15)
