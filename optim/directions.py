@@ -15,7 +15,7 @@ with :math:`P = 1/(\sqrt{\hat v} + \epsilon)`, :math:`\hat m = m/(1-\beta_1^t)`,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -169,16 +169,22 @@ class AdamDirection:
             torch.sqrt(state["exp_avg_sq"], out=b)
         torch._foreach_add_(buffer, self.eps * math.sqrt(self._corrections(t.step)[1]))
 
+    def _denominator_groups(self, t: StepTensors) -> Iterator[slice]:
+        """The buffer's groups, each filled with the denominator just before it is yielded (unless
+        the buffer holds it already), so that the work done on the group finds it in cache."""
+        fill = self._buffer_holds != "denominator"
+        for group in self._groups:
+            if fill:
+                self._fill_denominator(t, group)
+            yield group
+
     def _build(self, t: StepTensors, along: Along, dot_with: list[Tensor] | None) -> list[Tensor]:
         """Fill the buffer with the direction along ``along`` up to its scale (three passes, one
         if it holds the denominator); return its per-tensor inner products with ``dot_with``,
         taken group by group while the group is in cache."""
-        has_denominator = self._buffer_holds == "denominator"
         numerators = self._numerators(t, along)
         dots: list[Tensor] = []
-        for group in self._groups:
-            if not has_denominator:
-                self._fill_denominator(t, group)
+        for group in self._denominator_groups(t):
             buffer = self._buffer[group]
             for b, x in zip(buffer, numerators[group]):
                 torch.div(x, b, out=b)
@@ -218,11 +224,8 @@ class AdamDirection:
         if self._buffer_holds == along:
             torch._foreach_add_(t.params, self._buffer, alpha=alpha * scale)
             return
-        has_denominator = self._buffer_holds == "denominator"
         numerators, value = self._numerators(t, along), alpha * scale
-        for group in self._groups:
-            if not has_denominator:
-                self._fill_denominator(t, group)
+        for group in self._denominator_groups(t):
             torch._foreach_addcdiv_(t.params[group], numerators[group], self._buffer[group], value=value)
         self._buffer_holds = "denominator"
 
