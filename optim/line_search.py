@@ -59,9 +59,11 @@ class SearchRule:
         grad_term_root: use sqrt(<g, d>) (the as-run ``sgdsls``: ||g|| instead of ||g||^2).
         accept_ties: an exact tie L0 == L1 passes the test.
         min_loss, min_grad_term: guards; below either the step is taken without a search.
-        skipped_growth: on steps the speed-up rule skips, eta is ``"none"``: not grown,
-            ``"unstored"``: grown for this step only (released SaLSA), ``"stored"``: grown and
-            kept (the as-run ``adamsls``).
+        skipped_growth: on steps that run no search (the speed-up rule skips it or a guard
+            blocks it), eta is ``"none"``: not grown, ``"unstored"``: grown for this step only
+            (released SaLSA on skipped steps), ``"stored"``: grown and kept (the as-run
+            ``adamsls``, SLS). With ``"none"`` a model whose loss has reached zero is not
+            pushed by a step size that grows without bound.
     """
 
     c: float
@@ -115,6 +117,14 @@ class SearchRule:
         """True when the search must not run (no decrease to ask for)."""
         return loss0 < self.min_loss or grad_term < self.min_grad_term
 
+    def unsearched_step_sizes(self, previous: float, grown: float, guarded: bool) -> tuple[float, float]:
+        """On a step without a search (skipped by the speed-up rule, or ``guarded``): the eta to
+        move with and the eta to store, from the stored ``previous`` and the ``grown`` initial
+        one (see ``skipped_growth``)."""
+        if self.skipped_growth == "none":
+            return previous, previous
+        return grown, grown if self.skipped_growth == "stored" else previous
+
     def smooth_grad_term(self, avg: float, grad_term: float) -> float:
         return self.smoothing * avg + (1.0 - self.smoothing) * grad_term if self.smoothing else grad_term
 
@@ -149,6 +159,10 @@ class ReleasedRule(SearchRule):
 
     def guard_blocks(self, loss0: float, grad_term: float) -> bool:
         return loss0 == 0.0 or not _f32(grad_term) >= self.min_grad_term
+
+    def unsearched_step_sizes(self, previous: float, grown: float, guarded: bool) -> tuple[float, float]:
+        # Skipped steps move with the grown eta unstored; the guard path stores it.
+        return (grown, grown) if guarded else super().unsearched_step_sizes(previous, grown, guarded)
 
     def smooth_grad_term(self, avg: float, grad_term: float) -> float:
         return (_f32(avg) * self.smoothing + _f32(grad_term) * (1 - self.smoothing)).item()
@@ -368,14 +382,12 @@ class LineSearchOptimizer(ClosureOptimizer):
         self._decay_weights(search["step_size"])
         position = _Position(self.direction, t, rule.trials_restart_from_start)
         if not searching:
-            if rule.skipped_growth == "none":
-                eta = search["step_size"]
-            position.go_to(-eta, "momentum")
-            if rule.skipped_growth == "stored":
-                search["step_size"] = eta
+            moved, search["step_size"] = rule.unsearched_step_sizes(search["step_size"], eta, False)
+            position.go_to(-moved, "momentum")
         else:
             if rule.guard_blocks(loss0, test_term):
-                position.go_to(-eta, "momentum")
+                moved, eta = rule.unsearched_step_sizes(search["step_size"], eta, True)
+                position.go_to(-moved, "momentum")
                 if rule.trials_restart_from_start:
                     evaluate.trial()  # the release evaluates once here, uncounted
             else:

@@ -50,7 +50,8 @@ class SaLSA(LineSearchOptimizer):
         step_along: ``"search"`` keeps the accepted trial point; ``"momentum"`` steps along
             :math:`P\hat m` with the accepted eta (as-run ``adamsls``).
         accept_ties: an exact tie L0 == L1 passes the test.
-        skipped_growth: eta on steps the speed-up rule skips (see :class:`SearchRule`).
+        skipped_growth: eta on steps without a search: skipped by the speed-up rule or
+            blocked by the guard (see :class:`SearchRule`).
         forced_searches: the first steps that always search.
         as_released: follow ``salsa-optimizer`` 0.1.0 exactly (Adam direction only).
         freeze_bn_stats_in_trials, process_group: see :class:`LineSearchOptimizer`.

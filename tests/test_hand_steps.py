@@ -217,6 +217,29 @@ def test_sls_armijo_holds_on_every_accepted_step():
     assert opt.diagnostics["n_backtracks"] > 0
 
 
+
+def test_salsa_guard_steps_keep_the_step_size():
+    """Below the loss guard (L0 < 1e-8) SaLSA steps along P m_hat without a search. On
+    L = 1e-9 * sum(theta) every bias-corrected moment gives m_hat = g, v_hat = g^2, so each step
+    moves by eta * g / (|g| + eps) = eta / 11 per coordinate; by default eta stays 1 (it grew by
+    1.1 per guarded step before, and overflowed float32 after ~930 such steps)."""
+    theta = torch.tensor([0.5, -0.3], requires_grad=True)
+
+    def closure(backwards: bool = False) -> torch.Tensor:
+        value = 1e-9 * theta.sum()
+        if backwards:
+            value.backward()
+        return value
+
+    opt = SaLSA([theta])
+    for k in range(1, 1001):
+        opt.zero_grad()
+        opt.step(closure)
+        if k in (1, 2, 1000):
+            np.testing.assert_allclose(theta.detach().numpy(), np.array([0.5, -0.3]) - k / 11, rtol=1e-4)
+    assert opt.diagnostics["step_size"] == 1.0
+    assert opt.diagnostics["n_searches"] == 0 and opt.diagnostics["n_skipped"] == 0
+
 # -- L4 -----------------------------------------------------------------------------------------
 
 
