@@ -437,6 +437,10 @@ def markdown(results: dict[str, dict], meta: dict[str, Any]) -> str:
         f"interleaved blocks of {meta['block']} (order rotated every round, first round discarded), {meta['date']}, "
         f"load average {meta['load_average'][0]:.2f} at the start, {meta['load_average_end'][0]:.2f} at the end."
     )
+    if meta.get("allocator"):
+        # Adam allocates parameter-sized temporaries every step; whether glibc serves them from
+        # the heap or from fresh (page-faulting) mappings moves t_Adam by several percent.
+        setting += " Allocator settings: " + ", ".join(f"{k}={v}" for k, v in meta["allocator"].items()) + "."
     definition = (
         "Excess: median over blocks of [median over steps of (step time - own trial forwards) - t_Adam], "
         "t_Adam = median Adam step time of the same round."
@@ -552,6 +556,7 @@ def main(argv: list[str] | None = None) -> None:
         "optimizers": [spec.name for spec in specs],
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "load_average": os.getloadavg(),
+        "allocator": {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")},
     }
     results: dict[str, dict] = {}
     for name in args.workloads:

@@ -18,3 +18,13 @@ def test_every_contender_runs_one_block_per_round_in_an_order_that_rotates(monke
     order = [[c for r, c, _ in calls if r == round_index] for round_index in range(4)]
     assert order == [["A", "B", "C"], ["B", "C", "A"], ["C", "A", "B"], ["A", "B", "C"]]
     assert [n for r, c, n in calls if c == "A"] == [20, 20, 20, 10]  # 70 steps each
+
+
+def test_the_report_names_the_allocator_settings_it_ran_under():
+    meta = {
+        "torch": "x", "device": "cpu", "device_name": "cpu", "threads": 2, "steps": 40, "block": 20,
+        "date": "today", "load_average": (0.5, 0, 0), "load_average_end": (0.7, 0, 0),
+    }
+    assert "Allocator" not in bench_optim.markdown({}, {**meta, "allocator": {}})
+    table = bench_optim.markdown({}, {**meta, "allocator": {"MALLOC_MMAP_THRESHOLD_": "33554432"}})
+    assert "Allocator settings: MALLOC_MMAP_THRESHOLD_=33554432." in table
