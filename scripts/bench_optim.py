@@ -38,7 +38,7 @@ package's optimizers; Adam holds about 2x the parameter bytes.
 Usage::
 
     python scripts/bench_optim.py [--device cpu|cuda] [--workloads mlp,cnn,transformer[,bert]]
-        [--steps 300] [--block 20] [--threads N] [--out bench_results] [--quick]
+        [--steps 300] [--block 20] [--threads N] [--out bench_results] [--quick] [--attribute]
 
 writes ``<out>/bench_optim_<device>.json`` (every per-step time, the per-block numbers, the
 summary and the machine) and ``<out>/bench_optim_<device>.md`` (the table, also printed).
@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import optim
+from optim.directions import Along, StepTensors, inner
 
 SEED = 0
 BASELINE = "Adam"
@@ -232,15 +233,54 @@ class OptimizerSpec:
     step: StepFn
 
 
-def optimizer_specs() -> list[OptimizerSpec]:
+def salsa_with_check_twice(params: Iterable[nn.Parameter]) -> optim.SaLSA:
+    """SaLSA that takes the finiteness check of the gradient, ||g||^2, twice (see --attribute)."""
+    opt = optim.SaLSA(params)
+    step_tensors = opt._step_tensors
+
+    def with_extra_check(step: int) -> StepTensors:
+        tensors = step_tensors(step)
+        inner(tensors.grads, tensors.grads)  # thrown away: only its cost counts
+        return tensors
+
+    opt._step_tensors = with_extra_check
+    return opt
+
+
+def salsa_with_inner_twice(params: Iterable[nn.Parameter]) -> optim.SaLSA:
+    """SaLSA that takes the Armijo test's inner product <g, P g> twice (see --attribute)."""
+    opt = optim.SaLSA(params)
+    direction = opt.direction
+    grad_term = direction.grad_term
+
+    def with_extra_inner(t: StepTensors, along: Along, grad_sq: Tensor) -> tuple[Tensor, float]:
+        result = grad_term(t, along, grad_sq)
+        inner(t.grads, direction.direction(t, along)[0])  # the built vector; thrown away
+        return result
+
+    direction.grad_term = with_extra_inner
+    return opt
+
+
+ATTRIBUTION = {
+    f"{OURS}, finiteness check x2": salsa_with_check_twice,
+    f"{OURS}, <g, Pg> x2": salsa_with_inner_twice,
+}
+
+
+def optimizer_specs(attribute: bool = False) -> list[OptimizerSpec]:
     """Adam (the baseline, first in every round), this package's optimizers with their defaults
-    and, when ``salsa-optimizer`` is installed, the released SaLSA."""
+    and, when ``salsa-optimizer`` is installed, the released SaLSA. ``attribute`` adds SaLSA with
+    each of the two reductions a line search needs beyond Adam's work taken twice: the excess of
+    such a contender minus SaLSA's is what that reduction costs where it runs."""
     specs = [
         OptimizerSpec(BASELINE, lambda params: torch.optim.Adam(params, lr=1e-3), adam_step),
         OptimizerSpec(OURS, optim.SaLSA, closure_step),
         OptimizerSpec("SLS", optim.SLS, closure_step),
         OptimizerSpec("L4", optim.L4, closure_step),
     ]
+    if attribute:
+        specs += [OptimizerSpec(name, make, closure_step) for name, make in ATTRIBUTION.items()]
     try:
         from salsa.SaLSA import SaLSA as ReferenceSaLSA
     except ImportError:
@@ -507,6 +547,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("bench_results"))
     parser.add_argument("--quick", action="store_true", help="smoke run: --steps 60 --block 10")
+    parser.add_argument(
+        "--attribute",
+        action="store_true",
+        help="add SaLSA with ||g||^2 (the finiteness check) or <g, Pg> (the Armijo test's inner "
+        "product) taken twice, to measure what each costs where it runs",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.block = 60, 10
@@ -545,7 +591,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    specs = optimizer_specs()
+    specs = optimizer_specs(args.attribute)
     meta = {
         "torch": torch.__version__,
         "device": args.device,

@@ -28,3 +28,24 @@ def test_the_report_names_the_allocator_settings_it_ran_under():
     assert "Allocator" not in bench_optim.markdown({}, {**meta, "allocator": {}})
     table = bench_optim.markdown({}, {**meta, "allocator": {"MALLOC_MMAP_THRESHOLD_": "33554432"}})
     assert "Allocator settings: MALLOC_MMAP_THRESHOLD_=33554432." in table
+
+
+def test_the_attribution_contenders_take_salsas_steps_exactly():
+    """Taking ||g||^2 or <g, Pg> a second time adds cost only: the trajectory is SaLSA's."""
+    import torch
+
+    def train(make) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+        x, y = torch.randn(32, 6), torch.randint(3, (32,))
+        opt = make(model.parameters())
+        closure = bench_optim.TimedClosure(model, (x, y), lambda: None)
+        for _ in range(15):
+            bench_optim.closure_step(opt, closure)
+        return [p.detach().clone() for p in model.parameters()]
+
+    plain = train(bench_optim.optim.SaLSA)
+    for make in bench_optim.ATTRIBUTION.values():
+        assert all(torch.equal(a, b) for a, b in zip(train(make), plain))
+    names = [spec.name for spec in bench_optim.optimizer_specs(attribute=True)]
+    assert set(bench_optim.ATTRIBUTION) <= set(names)
