@@ -382,11 +382,11 @@ class LineSearchOptimizer(ClosureOptimizer):
         self._decay_weights(search["step_size"])
         position = _Position(self.direction, t, rule.trials_restart_from_start)
         if not searching:
-            moved, search["step_size"] = rule.unsearched_step_sizes(search["step_size"], eta, False)
+            moved, search["step_size"] = rule.unsearched_step_sizes(search["step_size"], eta, guarded=False)
             position.go_to(-moved, "momentum")
         else:
             if rule.guard_blocks(loss0, test_term):
-                moved, eta = rule.unsearched_step_sizes(search["step_size"], eta, True)
+                moved, eta = rule.unsearched_step_sizes(search["step_size"], eta, guarded=True)
                 position.go_to(-moved, "momentum")
                 if rule.trials_restart_from_start:
                     evaluate.trial()  # the release evaluates once here, uncounted
