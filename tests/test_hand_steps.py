@@ -217,7 +217,6 @@ def test_sls_armijo_holds_on_every_accepted_step():
     assert opt.diagnostics["n_backtracks"] > 0
 
 
-
 def test_salsa_guard_steps_keep_the_step_size():
     """Below the loss guard (L0 < 1e-8) SaLSA steps along P m_hat without a search. On
     L = 1e-9 * sum(theta) every bias-corrected moment gives m_hat = g, v_hat = g^2, so each step
@@ -239,6 +238,7 @@ def test_salsa_guard_steps_keep_the_step_size():
             np.testing.assert_allclose(theta.detach().numpy(), np.array([0.5, -0.3]) - k / 11, rtol=1e-4)
     assert opt.diagnostics["step_size"] == 1.0
     assert opt.diagnostics["n_searches"] == 0 and opt.diagnostics["n_skipped"] == 0
+
 
 # -- L4 -----------------------------------------------------------------------------------------
 
