@@ -78,8 +78,9 @@ class ClosureOptimizer(torch.optim.Optimizer):
 
     def _first_evaluation(
         self, evaluate: LossEvaluator, grad_scaler: torch.amp.GradScaler | None
-    ) -> tuple[Tensor, float, Tensor, StepTensors] | tuple[Tensor, None, None, None]:
-        """L0 with its backward; returns (loss, L0, ||g||^2, tensors), or (loss, None, None, None)
+    ) -> tuple[Tensor, float, Tensor, float, StepTensors] | tuple[Tensor, None, None, None, None]:
+        """L0 with its backward; returns (loss, L0, ||g||^2 as a tensor and as a float, tensors), or
+        (loss, None, None, None, None)
         when L0 or the gradient is not finite (the step is then skipped and counted). A first
         evaluation the caller ran (``loss=``) counts as one forward and one backward."""
         scalars = self.scalars
@@ -96,9 +97,9 @@ class ClosureOptimizer(torch.optim.Optimizer):
         scalars["last_loss"] = loss0
         if not (math.isfinite(loss0) and math.isfinite(grad_sq_value)):
             scalars["n_skipped"] += 1
-            return loss, None, None, None
+            return loss, None, None, None, None
         scalars["step"] = tensors.step
-        return loss, loss0, grad_sq, tensors
+        return loss, loss0, grad_sq, grad_sq_value, tensors
 
     @property
     def group_for_decisions(self) -> dist.ProcessGroup | None:

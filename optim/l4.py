@@ -113,7 +113,7 @@ class L4(ClosureOptimizer):
             check_closure(closure)  # raises, naming both conventions
         all_params = [p for g in self.param_groups for p in g["params"]]
         evaluate = LossEvaluator(closure, all_params, None, loss)
-        loss, loss0, _, t = self._first_evaluation(evaluate, grad_scaler)
+        loss, loss0, _, _, t = self._first_evaluation(evaluate, grad_scaler)
         if t is None:
             return loss
         scalars = self.scalars

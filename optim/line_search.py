@@ -58,7 +58,14 @@ class SearchRule:
             point) or ``"momentum"`` (theta0 - eta P m_hat, the authors' as-run ``adamsls``).
         grad_term_root: use sqrt(<g, d>) (the as-run ``sgdsls``: ||g|| instead of ||g||^2).
         accept_ties: an exact tie L0 == L1 passes the test.
-        min_loss, min_grad_term: guards; below either the step is taken without a search.
+        guard: what blocks a search. ``"loss_and_term"`` (SaLSA, the authors' ``AdamSLS``): L0 below
+            ``min_loss`` or the test's gradient term below ``min_grad_term``; the step is then
+            taken without a search (see ``skipped_growth``). ``"grad_norm"`` (the SLS reference):
+            ||g|| below ``min_grad_norm``; no step is taken and the grown eta is stored.
+        min_loss, min_grad_term, min_grad_norm: the thresholds of ``guard``.
+        failed_step: after ``max_trials`` rejections, move theta0 by this fixed step along the
+            search direction (the SLS reference: 1e-6) while storing the backtracked eta; None
+            moves with the backtracked eta itself.
         skipped_growth: on steps that run no search (the speed-up rule skips it or a guard
             blocks it), eta is ``"none"``: not grown, ``"unstored"``: grown for this step only
             (released SaLSA on skipped steps), ``"stored"``: grown and kept (the as-run
@@ -79,8 +86,11 @@ class SearchRule:
     step_along: Literal["search", "momentum"] = "search"
     grad_term_root: bool = False
     accept_ties: bool = False
+    guard: Literal["loss_and_term", "grad_norm"] = "loss_and_term"
     min_loss: float = 1e-8
     min_grad_term: float = 1e-8
+    min_grad_norm: float = 1e-8
+    failed_step: float | None = None
     skipped_growth: SkippedGrowth = "none"
 
     def __post_init__(self) -> None:
@@ -100,6 +110,10 @@ class SearchRule:
             raise ValueError(f"search_along must be 'gradient' or 'momentum', got {self.search_along!r}")
         if self.step_along not in ("search", "momentum"):
             raise ValueError(f"step_along must be 'search' or 'momentum', got {self.step_along!r}")
+        if self.guard not in ("loss_and_term", "grad_norm"):
+            raise ValueError(f"guard must be 'loss_and_term' or 'grad_norm', got {self.guard!r}")
+        if self.failed_step is not None and not self.failed_step >= 0:
+            raise ValueError(f"failed_step must be None or non-negative, got {self.failed_step}")
         if self.skipped_growth not in ("none", "unstored", "stored"):
             raise ValueError(
                 f"skipped_growth must be 'none', 'unstored' or 'stored', got {self.skipped_growth!r}"
@@ -113,14 +127,18 @@ class SearchRule:
         eta = self.reset_to if self.reset_to is not None else previous * self.growth
         return min(eta, self.eta_max)
 
-    def guard_blocks(self, loss0: float, grad_term: float) -> bool:
+    def guard_blocks(self, loss0: float, grad_term: float, grad_norm: float) -> bool:
         """True when the search must not run (no decrease to ask for)."""
+        if self.guard == "grad_norm":
+            return not grad_norm >= self.min_grad_norm
         return loss0 < self.min_loss or grad_term < self.min_grad_term
 
     def unsearched_step_sizes(self, previous: float, grown: float, guarded: bool) -> tuple[float, float]:
         """On a step without a search (skipped by the speed-up rule, or ``guarded``): the eta to
         move with and the eta to store, from the stored ``previous`` and the ``grown`` initial
-        one (see ``skipped_growth``)."""
+        one (see ``skipped_growth``; the ``"grad_norm"`` guard moves by 0 and stores ``grown``)."""
+        if guarded and self.guard == "grad_norm":
+            return 0.0, grown
         if self.skipped_growth == "none":
             return previous, previous
         return grown, grown if self.skipped_growth == "stored" else previous
@@ -139,10 +157,10 @@ class SearchRule:
             search["avg_decrease"] = smoothed
         return accepted
 
-    def failed_search(self, eta: float) -> tuple[bool, float, int]:
-        """After ``max_trials`` rejections (eta already backtracked that often): whether to move
-        to the final step along ``step_along``, the eta to store, and the backtracks to count."""
-        return True, eta, self.max_trials
+    def failed_search(self, eta: float) -> tuple[float | None, float, int]:
+        """After ``max_trials`` rejections (eta already backtracked that often): the step to move
+        theta0 by (None: stay at the last trial), the eta to store, and the backtracks to count."""
+        return (eta if self.failed_step is None else self.failed_step), eta, self.max_trials
 
 
 @dataclass(frozen=True)
@@ -157,7 +175,7 @@ class ReleasedRule(SearchRule):
 
     trials_restart_from_start = True
 
-    def guard_blocks(self, loss0: float, grad_term: float) -> bool:
+    def guard_blocks(self, loss0: float, grad_term: float, grad_norm: float) -> bool:
         return loss0 == 0.0 or not _f32(grad_term) >= self.min_grad_term
 
     def unsearched_step_sizes(self, previous: float, grown: float, guarded: bool) -> tuple[float, float]:
@@ -177,8 +195,8 @@ class ReleasedRule(SearchRule):
             search["avg_decrease"] = smoothed.item()
         return accepted
 
-    def failed_search(self, eta: float) -> tuple[bool, float, int]:
-        return False, eta, self.max_trials - 1
+    def failed_search(self, eta: float) -> tuple[float | None, float, int]:
+        return None, eta, self.max_trials - 1
 
 
 def _f32(value: float) -> Tensor:
@@ -357,7 +375,7 @@ class LineSearchOptimizer(ClosureOptimizer):
         rule = self.rule
         all_params = [p for g in self.param_groups for p in g["params"]]
         evaluate = LossEvaluator(closure, all_params, self.bn_module, loss, rng)
-        loss, loss0, grad_sq, t = self._first_evaluation(evaluate, grad_scaler)
+        loss, loss0, grad_sq, grad_sq_value, t = self._first_evaluation(evaluate, grad_scaler)
         if t is None:
             return loss  # non-finite L0 or gradient: parameters and moments untouched
         group = self.group_for_decisions
@@ -385,7 +403,7 @@ class LineSearchOptimizer(ClosureOptimizer):
             moved, search["step_size"] = rule.unsearched_step_sizes(search["step_size"], eta, guarded=False)
             position.go_to(-moved, "momentum")
         else:
-            if rule.guard_blocks(loss0, test_term):
+            if rule.guard_blocks(loss0, test_term, math.sqrt(grad_sq_value)):
                 moved, eta = rule.unsearched_step_sizes(search["step_size"], eta, guarded=True)
                 position.go_to(-moved, "momentum")
                 if rule.trials_restart_from_start:
@@ -428,8 +446,10 @@ class LineSearchOptimizer(ClosureOptimizer):
                 return eta
             eta *= rule.backtrack
         search["n_failed_searches"] += 1
-        move, eta, backtracks = rule.failed_search(eta)
+        moved, eta, backtracks = rule.failed_search(eta)
         search["n_backtracks"] += backtracks
-        if move:
-            position.go_to(-eta, rule.search_along if rule.step_along == "search" else "momentum")
+        if moved is not None:
+            # A fixed failure step goes along the search direction, as the SLS reference's does.
+            along_search = rule.step_along == "search" or rule.failed_step is not None
+            position.go_to(-moved, rule.search_along if along_search else "momentum")
         return eta

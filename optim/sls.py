@@ -4,11 +4,18 @@ Accept the first trial with :math:`L_0 - L_1 \ge c\,\eta\,\langle g, d\rangle`, 
 :math:`\langle g, d\rangle = \|g\|^2` (SGD direction) or :math:`\sum g^2 P` (Adam-preconditioned),
 backtracking :math:`\eta \leftarrow \beta_b \eta`. Each step starts from
 :math:`\eta_{t-1}\gamma^{1/n}` (``reset_option=1``), :math:`\eta_{t-1}` (0) or the initial step
-size (2), capped at ``eta_max``.
+size (2), optionally capped at ``eta_max``.
+
+At its defaults the class is the reference's ``Sls`` (Armijo, ``IssamLaradji/sls``) rule for rule:
+the search runs only when :math:`\|g\| \ge 10^{-8}` (otherwise no step is taken and the grown
+:math:`\eta` is stored), the Armijo :math:`\eta` is not capped (the reference caps only its
+Goldstein variant), and a search whose 100 trials all fail moves :math:`\theta_0` by the fixed
+:math:`10^{-6} g` while storing the shrunk :math:`\eta`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch.distributed as dist
@@ -28,9 +35,14 @@ class SLS(LineSearchOptimizer):
         backtrack: factor per failed trial, in (0, 1).
         reset_option: 0 keep eta, 1 grow by gamma**(1/n_batches_per_epoch), 2 reset each step.
         gamma, n_batches_per_epoch: the growth of ``reset_option=1``.
-        eta_max: cap on the initial step size of each search.
-        max_trials: trials per step; after that many failures the step is taken with the
-            backtracked eta (``init * backtrack**max_trials``, a tiny step).
+        eta_max: cap on the initial step size of each search (default: none, as the reference's
+            Armijo search).
+        max_trials: trials per step.
+        failed_step: after ``max_trials`` failures theta0 moves by ``failed_step * d`` (the
+            reference: 1e-6) and the backtracked eta is stored; None moves with that eta.
+        guard: ``"grad_norm"`` (the reference): no search and no step while ||g|| < 1e-8;
+            ``"loss_and_term"`` (the authors' ``AdamSLS``): no search while L0 < 1e-8 or the
+            gradient term < 1e-8, the step then taken along the momentum with the grown eta.
         betas, eps: Adam moments for ``direction="adam"``.
         weight_decay: decoupled, theta <- theta (1 - wd eta_prev).
         grad_term: ``"squared"`` or ``"norm"`` (||g||, the authors' as-run ``olsgdsls``).
@@ -49,8 +61,10 @@ class SLS(LineSearchOptimizer):
         reset_option: int = 1,
         gamma: float = 2.0,
         n_batches_per_epoch: int = 500,
-        eta_max: float = 10.0,
+        eta_max: float = math.inf,
         max_trials: int = 100,
+        failed_step: float | None = 1e-6,
+        guard: Literal["grad_norm", "loss_and_term"] = "grad_norm",
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
@@ -79,12 +93,14 @@ class SLS(LineSearchOptimizer):
             step_along=step_along,
             grad_term_root=grad_term == "norm",
             skipped_growth="stored",
+            guard=guard,
+            failed_step=failed_step,
         )
         defaults = dict(
             direction=direction, c=c, backtrack=backtrack, reset_option=reset_option, gamma=gamma,
             n_batches_per_epoch=n_batches_per_epoch, eta_max=eta_max, max_trials=max_trials,
             betas=tuple(betas), eps=eps, grad_term=grad_term, step_along=step_along,
-            speed_up=speed_up, weight_decay=weight_decay,
+            speed_up=speed_up, weight_decay=weight_decay, failed_step=failed_step, guard=guard,
         )
         super().__init__(
             params, defaults, rule, make_direction(direction, tuple(betas), eps), init_step_size,
