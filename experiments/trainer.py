@@ -2,7 +2,10 @@
 
 Each step builds ``closure(backwards: bool = False)`` over the current batch and calls
 ``optimizer.step(closure)``: the line searches evaluate it as often as they need; PyTorch's own
-optimizers get it wrapped so that it runs the forward and backward they expect. The loop logs a
+optimizers get it wrapped so that it runs the forward and backward they expect. With
+``accumulation_steps`` > 1 a step accumulates the gradients of that many micro-batches (DDP
+all-reduces only on the last) and hands a line search the loss, the RNG state of its first
+forward and a closure of the same loss over all micro-batches for the trials. The loop logs a
 metrics row per step, evaluates on the validation split, and checkpoints atomically so that
 ``trainer.resume=true`` continues the same trajectory. Optimizers with ``train()``/``eval()``
 (Schedule-Free) train on one point and evaluate and checkpoint another; the loop switches them.
@@ -25,13 +28,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from optim import ClosureOptimizer
+from optim import ClosureOptimizer, RNGSnapshot
 
 from .checkpoint import capture_rng, restore_rng, save_checkpoint
 from .config import Precision, TrainerConfig
 from .data import DataBundle
 from .data.collate import InMemoryPairs
 from .distributed import mean_over_ranks
+
+Batch = dict[str, Tensor]
 from .logging import Loggers
 
 
@@ -150,7 +155,8 @@ class Trainer:
         self.device = device
         self.seed = seed
         self.state = TrainState()
-        self.steps_per_epoch = math.ceil(math.ceil(len(data.train) / world_size) / cfg.batch_size)
+        self.examples_per_step = cfg.batch_size * cfg.accumulation_steps  # per rank
+        self.steps_per_epoch = math.ceil(math.ceil(len(data.train) / world_size) / self.examples_per_step)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.language_modeling = data.spec.task == "language_modeling"
         self._stop_requested = threading.Event()
@@ -197,23 +203,68 @@ class Trainer:
                 loss = cross_entropy(self.forward_model(batch), batch["labels"])
             if backwards:
                 loss.backward()
-                if self.cfg.max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+                self._clip_gradients()
             return loss
 
         return closure
 
+    def _clip_gradients(self) -> None:
+        if self.cfg.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+
+    def _targets(self, batch: Batch) -> int:
+        """How many targets the mean loss of ``batch`` averages over (ignored tokens excluded)."""
+        labels = batch["labels"]
+        return int((labels != -100).sum()) if self.language_modeling else labels.numel()
+
     def optimizer_step(self, closure: Callable[..., Tensor]) -> tuple[float, bool]:
-        """One optimizer step; returns the loss and whether the step was skipped because the
-        loss or the gradient was not finite."""
+        """One optimizer step on one batch; returns the loss and whether the step was skipped
+        because the loss or the gradient was not finite."""
         if isinstance(self.optimizer, ClosureOptimizer):
-            skipped_before = self.optimizer.diagnostics["n_skipped"]
-            self.optimizer.step(closure)
-            loss = float(self.optimizer.diagnostics["loss"])  # L0, already averaged over ranks
-            return loss, self.optimizer.diagnostics["n_skipped"] > skipped_before
-        # PyTorch's optimizers have no skip of their own: a non-finite loss or gradient must not
-        # reach them, or it lands in the parameters and the moments.
-        loss = mean_over_ranks(closure(backwards=True).detach())  # the same loss on every rank
+            return self._line_search_step(closure)
+        return self._plain_step(closure(backwards=True))
+
+    def accumulated_step(self, micro_batches: list[Batch], weights: list[float]) -> tuple[float, bool]:
+        """One optimizer step on several micro-batches (returns what :meth:`optimizer_step` does).
+
+        The step's loss is ``sum_i w_i L_i``, ``w_i`` the share of the step's targets in
+        micro-batch ``i``: the mean over all of them, as one batch of the same examples gives.
+        Its gradient is accumulated one micro-batch at a time (DDP all-reduces on the last one
+        only) and then clipped as a one-batch step's is. A line search gets that loss and the RNG
+        state of the first forward, and evaluates its trials on all micro-batches again."""
+        no_sync = getattr(self.forward_model, "no_sync", None)  # DDP's, also through torch.compile
+        rng = RNGSnapshot(self.model.parameters())  # before the first forward: trials replay it
+        loss = torch.zeros((), device=self.device)
+        for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
+            last = i == len(micro_batches) - 1
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                with self._autocast():
+                    part = weight * cross_entropy(self.forward_model(batch), batch["labels"])
+                part.backward()
+            loss += part.detach()
+        self._clip_gradients()
+        if not isinstance(self.optimizer, ClosureOptimizer):
+            return self._plain_step(loss)
+
+        def trial_loss(backwards: bool = False) -> Tensor:  # the optimizer calls it under no_grad
+            with self._autocast():
+                parts = [w * cross_entropy(self.forward_model(b), b["labels"]) for b, w in zip(micro_batches, weights)]
+            return torch.stack(parts).sum()
+
+        return self._line_search_step(trial_loss, loss=loss, rng=rng)
+
+    def _line_search_step(self, closure: Callable[..., Tensor], **given: Any) -> tuple[float, bool]:
+        skipped_before = self.optimizer.diagnostics["n_skipped"]
+        self.optimizer.step(closure, **given)
+        loss = float(self.optimizer.diagnostics["loss"])  # L0, already averaged over ranks
+        return loss, self.optimizer.diagnostics["n_skipped"] > skipped_before
+
+    def _plain_step(self, loss: Tensor) -> tuple[float, bool]:
+        """A PyTorch optimizer's step from the gradients in ``.grad`` for ``loss``.
+
+        They have no skip of their own: a non-finite loss or gradient must not reach them, or it
+        lands in the parameters and the moments."""
+        loss = mean_over_ranks(loss.detach())  # the same loss on every rank
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.stack(torch._foreach_norm(grads)).norm() if grads else torch.zeros(())
         finite = bool(torch.isfinite(loss) & torch.isfinite(grad_norm))
@@ -304,9 +355,12 @@ class Trainer:
 
     def _batches(self) -> Iterable[dict[str, Tensor]]:
         """The batches of the rest of the current epoch."""
+        set_epoch = getattr(self.data.train, "set_epoch", None)  # data drawn afresh every epoch
+        if callable(set_epoch):
+            set_epoch(self.state.epoch)
         sampler = EpochSampler(
             len(self.data.train), self.seed, self.state.epoch,
-            self.state.batch_in_epoch * self.cfg.batch_size, self.cfg.shuffle,
+            self.state.batch_in_epoch * self.examples_per_step, self.cfg.shuffle,
             rank=self.rank, world_size=self.world_size, batch_size=self.cfg.batch_size,
         )
         if isinstance(self.data.train, InMemoryPairs) and not self.cfg.num_workers:
@@ -320,6 +374,24 @@ class Trainer:
             # iterator mid-epoch (after a resume) does not shift the model's random stream.
             generator=torch.Generator().manual_seed(self.seed + self.state.epoch),
         )
+
+    def _steps(self) -> Iterator[list[Batch]]:
+        """The rest of the current epoch, as the micro-batches of each step (the last step of an
+        epoch may have fewer)."""
+        step: list[Batch] = []
+        for batch in self._batches():
+            step.append(batch)
+            if len(step) == self.cfg.accumulation_steps:
+                yield step
+                step = []
+        if step:
+            yield step
+
+    def _on_device(self, micro_batches: list[Batch]) -> tuple[list[Batch], list[float]]:
+        """The micro-batches on the device, each with its share of the step's targets (counted
+        on the host before the copy, so without a device sync)."""
+        counts = [self._targets(batch) for batch in micro_batches] if len(micro_batches) > 1 else [1]
+        return [self._to_device(b) for b in micro_batches], [n / sum(counts) for n in counts]
 
     def fit(self) -> dict[str, Any]:
         """Train to ``total_steps``; returns the summary fields of the run."""
@@ -343,11 +415,14 @@ class Trainer:
         state = self.state
         while state.step < self.total_steps:
             t0 = time.perf_counter()
-            for batch in self._batches():  # the rest of the current epoch
-                batch = self._to_device(batch)
+            for micro_batches in self._steps():  # the rest of the current epoch
+                micro_batches, weights = self._on_device(micro_batches)
                 t1 = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
-                loss, skipped = self.optimizer_step(self.make_closure(batch))
+                if len(micro_batches) == 1:
+                    loss, skipped = self.optimizer_step(self.make_closure(micro_batches[0]))
+                else:
+                    loss, skipped = self.accumulated_step(micro_batches, weights)
                 if self.scheduler is not None:
                     self.scheduler.step()
                 t2 = time.perf_counter()

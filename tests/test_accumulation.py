@@ -1,0 +1,106 @@
+"""Gradient accumulation (``trainer.accumulation_steps``): a step over k micro-batches of b
+examples is a step over one batch of k * b examples.
+
+On a model without BatchNorm or dropout the two runs see the same losses, gradients and trial
+losses up to float32 rounding, so every optimizer must follow the same trajectory: the same loss
+and step size at every step (the line searches also the same number of forwards), the same
+number of steps per epoch, the schedule counted in optimizer steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from experiments.trainer import Trainer
+
+from harness_utils import run_config
+
+N_TRAIN = 1437  # the digits training split
+BASE = ["model=mlp", "dataset=digits", "trainer.epochs=1", "trainer.shuffle=true", "seed=3"]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [row for row in map(json.loads, lines) if "loss" in row]
+
+
+@pytest.mark.parametrize(
+    "optimizer", ["adam", "salsa", "sls", "sgd"], ids=["adam", "salsa", "sls", "sgd-cosine"]
+)
+def test_batch_60_equals_batch_20_times_3(optimizer, tmp_path, one_thread):
+    extra = ["+experiment/optimizers/nlp=sgd"] if optimizer == "sgd" else []  # a schedule too
+    one = run_config(BASE + extra + [f"optimizer={optimizer}", "trainer.batch_size=60"], tmp_path / "one")
+    three = run_config(
+        BASE + extra + [f"optimizer={optimizer}", "trainer.batch_size=20", "trainer.accumulation_steps=3"],
+        tmp_path / "three",
+    )
+    expected_steps = math.ceil(N_TRAIN / 60)  # 24: the last step has 57 examples in 3 micro-batches
+    assert one["steps"] == three["steps"] == expected_steps
+    a, b = rows(tmp_path / "one"), rows(tmp_path / "three")
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, expected_steps + 1))
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=2e-4), x["step"]
+        assert y["step_size"] == pytest.approx(x["step_size"], rel=2e-4), x["step"]
+        assert y["forwards"] == x["forwards"], x["step"]
+    assert three["final_val_loss"] == pytest.approx(one["final_val_loss"], rel=1e-3)
+
+
+def test_micro_batches_are_weighted_by_their_targets():
+    """An uneven split (4 + 1 examples) still gives the mean over the five examples."""
+    trainer = Trainer.__new__(Trainer)
+    trainer.language_modeling = False
+    trainer.device = torch.device("cpu")
+    batches = [{"labels": torch.arange(4)}, {"labels": torch.arange(1)}]
+    _, weights = trainer._on_device(batches)
+    assert weights == [0.8, 0.2]
+    trainer.language_modeling = True  # tokens with label -100 do not count
+    batches = [{"labels": torch.tensor([[1, 2, -100]])}, {"labels": torch.tensor([[3, 4, 5]])}]
+    _, weights = trainer._on_device(batches)
+    assert weights == [0.4, 0.6]
+
+
+class RecordingDDP(nn.Module):
+    """A stand-in for DistributedDataParallel that records which forwards ran under ``no_sync``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.synced: list[bool] = []
+        self._in_no_sync = False
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self._in_no_sync = True
+        try:
+            yield
+        finally:
+            self._in_no_sync = False
+
+    def forward(self, batch):
+        if torch.is_grad_enabled():
+            self.synced.append(not self._in_no_sync)
+        return self.module(batch)
+
+
+def test_ddp_all_reduces_only_on_the_last_micro_batch(tmp_path, monkeypatch, one_thread):
+    wrappers: list[RecordingDDP] = []
+    original_init = Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.forward_model = RecordingDDP(self.forward_model)
+        wrappers.append(self.forward_model)
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+    run_config(BASE + ["optimizer=salsa", "trainer.batch_size=40", "trainer.accumulation_steps=4",
+                       "trainer.max_steps=3"], tmp_path / "run")
+    (wrapper,) = wrappers
+    # Three steps of four micro-batches with gradients; the trials run under no_grad.
+    assert wrapper.synced == [False, False, False, True] * 3
