@@ -28,6 +28,11 @@ outcome then run one by one as under ``local``. SLURM multiruns are all started 
 ``trainer.resume=true``, because SLURM requeues a timed-out or pre-empted job with the same command
 line. Don't re-run a grid while its SLURM jobs are queued: their records say ``running``, and
 they would be started twice.
+
+Threads. Runs that share this machine (joblib with ``--n-jobs`` above 1) get
+``trainer.threads=<cores / n_jobs>``, and the mini grid ``trainer.threads=1`` under every
+launcher; a ``trainer.threads=`` override of your own replaces it. ``--dry-run`` shows it in the
+commands.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -94,7 +99,7 @@ class Grid:
     tasks: tuple[Task, ...]
     columns: tuple[str, ...]
     seeds: int
-    threads: int | None = None  # OMP/MKL threads of each run; None: the library default
+    threads: int | None = None  # trainer.threads of each run; None: see threads_per_run
 
 
 GRIDS = {
@@ -102,13 +107,13 @@ GRIDS = {
     for grid in (
         Grid("nlp", tuple(Task(d, "bert", "paper/glue_bert") for d in ("mnli", "qnli", "mrpc", "sst2")),
              PAPER_COLUMNS, seeds=5),
-        # PROTOCOL.md: the image seed count is not recorded (the figures show bands). Three is the
+        # docs/protocol.md: the image seed count is not recorded (the figures show bands). Three is the
         # fewest that gives a mean and a spread, at 60 % of the cost of the NLP table's five.
         Grid("image", (Task("cifar10", "resnet34_cifar", "paper/cifar_resnet34", "image"),
                        Task("cifar100", "resnet34_cifar", "paper/cifar_resnet34", "image"),
                        Task("imagenet", "resnet50", "paper/imagenet_resnet50", "image")),
              PAPER_COLUMNS, seeds=3),
-        # PROTOCOL.md records no seed count either; a 124M model on OpenWebText gets one per column.
+        # docs/protocol.md records no seed count either; a 124M model on OpenWebText gets one per column.
         Grid("gpt2", (Task("openwebtext", "gpt2", "paper/gpt2_openwebtext", "gpt2"),),
              PAPER_COLUMNS, seeds=1),
         # Tiny models: one thread per process. On a busy 2-core machine 200 digits steps took 0.7 s
@@ -233,6 +238,25 @@ class Options:
     launcher: Launcher
     n_jobs: int
     overrides: tuple[str, ...]  # from the command line, for every run
+    threads: int | None = None  # trainer.threads added to every run; None: nothing added
+
+
+def threads_per_run(grid: Grid, launcher: Launcher, n_jobs: int, overrides: Sequence[str]) -> int | None:
+    """The ``trainer.threads`` each run of ``grid`` gets, or None to add nothing.
+
+    A ``trainer.threads=`` among the user's overrides wins (None: it is passed as given). Else the
+    grid's own setting; else, when the joblib launcher runs jobs side by side on this machine,
+    its cores split between them: with torch's default (a thread per core) in every job, their
+    threads wait for each other (runs on a busy 2-core machine were 15-30x slower). Runs one
+    after another (``local``) and SLURM jobs (each on cores of its own) keep torch's default.
+    """
+    if any(override.lstrip("+").startswith("trainer.threads=") for override in overrides):
+        return None
+    if grid.threads is not None:
+        return grid.threads
+    if launcher is Launcher.joblib and n_jobs > 1:
+        return max(1, (os.cpu_count() or 1) // n_jobs)
+    return None
 
 
 def launcher_overrides(options: Options) -> list[str]:
@@ -255,16 +279,20 @@ def command(batch: Batch, grid_dir: Path, options: Options) -> list[str]:
         cmd.append(batch.settings)
     if batch.resume:
         cmd.append("trainer.resume=true")
+    if options.threads is not None:
+        cmd.append(f"trainer.threads={options.threads}")
     cmd += ["trainer.progress=false", f"hydra.sweep.dir={grid_dir}", f"hydra.sweep.subdir={SUBDIR}"]
     return cmd + launcher_overrides(options) + list(options.overrides)
 
 
-def child_env(grid: Grid) -> dict[str, str]:
+def child_env(threads: int | None) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")  # run.log follows the run (`tail -f`)
-    if grid.threads is not None:
+    if threads is not None:
+        # trainer.threads sets torch's pool; these bound the OpenMP/MKL pools of everything else
+        # the run loads (numpy, scikit-learn) and apply from the process start.
         for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env.setdefault(variable, str(grid.threads))
+            env.setdefault(variable, str(threads))
     return env
 
 
@@ -316,7 +344,7 @@ def has_outcome(run: Run, before: tuple[int, int] | None) -> bool:
 
 def run_batches(batches: Sequence[Batch], grid: Grid, grid_dir: Path, options: Options) -> dict[Run, Path]:
     """Launch ``batches`` and print each run's outcome; returns the log of each run's last attempt."""
-    env = child_env(grid)
+    env = child_env(options.threads)
     logs: dict[Run, Path] = {}
     # A SLURM multirun waits for its jobs: start them all at once, so that the cluster runs them
     # together. The other launchers use this machine: one multirun at a time.
@@ -340,7 +368,7 @@ def finish(launched: Launched, grid: Grid, grid_dir: Path, options: Options, log
     if retry:
         print(f"  {batch.label}: the multirun stopped (exit {returncode}, log {log}); "
               f"running its {len(retry)} runs without an outcome one by one")
-        alone = Options(Launcher.local, options.n_jobs, options.overrides)
+        alone = replace(options, launcher=Launcher.local)  # trainer.threads as in its multirun
         pending = [(run, classify(run.run_dir)) for run in retry]
         logs.update(run_batches(make_batches(pending, Launcher.local), grid, grid_dir, alone))
 
@@ -444,9 +472,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         pending = [(run, state) for run, state in states.items() if state is not State.skip]
         batches = make_batches(pending, args.launcher)
         shape = (len(tasks), len(grid_columns), seeds)
-        print_plan(grid, runs, states, batches, shape, root / grid.name, options)
+        threads = threads_per_run(grid, args.launcher, args.n_jobs, args.overrides)
+        grid_options = replace(options, threads=threads)
+        print_plan(grid, runs, states, batches, shape, root / grid.name, grid_options)
         if not args.dry_run and batches:
-            logs.update(run_batches(batches, grid, root / grid.name, options))
+            logs.update(run_batches(batches, grid, root / grid.name, grid_options))
             launched += [run for run, _ in pending]
     if args.dry_run:
         return 0

@@ -105,6 +105,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process) -> dict[str, Any]:
     check_values(cfg)
+    if cfg.trainer.threads is not None:  # before the data and model: building them uses threads too
+        torch.set_num_threads(cfg.trainer.threads)
     check_build_blocks(cfg)
     check_run_dir(run_dir, cfg.trainer.resume)
     if cfg.logger.wandb is not None:
