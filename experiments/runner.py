@@ -27,6 +27,7 @@ from . import distributed
 from .checkpoint import load_latest_checkpoint
 from .config import ConfigError, Device, check_build_blocks, check_values
 from .logging import SUMMARY, Loggers, MetricsSink, RunRecord, WandbSink, check_wandb
+from .param_groups import DecayScope, parameter_groups
 from .trainer import Interrupted, Trainer
 
 
@@ -121,7 +122,7 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process) -> dict[s
     if process.world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         forward_model = DistributedDataParallel(model, device_ids=device_ids)
-    optimizer = build(cfg, "optimizer", params=model.parameters())
+    optimizer = build(cfg, "optimizer", params=parameter_groups(model, DecayScope(cfg.optimizer.weight_decay_on)))
     if cfg.optimizer.schedule is not None and isinstance(optimizer, ClosureOptimizer):
         raise ConfigError(
             f"optimizer={cfg.optimizer.name} chooses its own step size; set optimizer.schedule=null"

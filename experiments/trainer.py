@@ -318,6 +318,7 @@ class Trainer:
             batch_size=self.cfg.eval_batch_size or self.cfg.batch_size,
             collate_fn=self.data.collate,
             num_workers=self.cfg.num_workers,
+            pin_memory=self._pin_memory,
         )
         total_loss, correct, count = 0.0, 0, 0
         for batch in loader:
@@ -350,6 +351,11 @@ class Trainer:
         self.loggers.log({"step": self.state.step, "epoch": self.state.epoch, **metrics})
 
     # -- the loop ---------------------------------------------------------------------------
+    @property
+    def _pin_memory(self) -> bool:
+        """Page-locked batches let the copy to a GPU overlap the work (``non_blocking``)."""
+        return self.device.type == "cuda"
+
     def _to_device(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
@@ -370,6 +376,7 @@ class Trainer:
             batch_sampler=sampler,
             collate_fn=self.data.collate,
             num_workers=self.cfg.num_workers,
+            pin_memory=self._pin_memory,
             # Workers take their seeds from this generator, not the global RNG, so starting an
             # iterator mid-epoch (after a resume) does not shift the model's random stream.
             generator=torch.Generator().manual_seed(self.seed + self.state.epoch),

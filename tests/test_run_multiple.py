@@ -141,11 +141,13 @@ def test_slurm_commands(capsys, tmp_path):
     out = dry_run(capsys, "nlp", "--launcher", "submitit_slurm", "--root", str(tmp_path),
                   "hydra.launcher.partition=gpu")
     cmds = commands(out)
-    assert len(cmds) == 4  # one multirun per GLUE task: 6 optimizers x 5 seeds
+    # Per GLUE task: ADAM and SGD with their NLP settings, one multirun each, and one for the four
+    # line searches (no settings of their own): 5 seeds each.
+    assert len(cmds) == 4 * 3
+    assert sorted(arg(cmd, "optimizer") for cmd in cmds) == sorted(["adam", "sgd", "sls_adam,sls,salsa,salsa_sgd"] * 4)
     for cmd in cmds:
         assert arg(cmd, "hydra/launcher") == "slurm"  # conf/hydra/launcher/slurm.yaml
         assert arg(cmd, "hydra.launcher.partition") == "gpu"
-        assert arg(cmd, "optimizer") == "adam,sgd,sls_adam,sls,salsa,salsa_sgd"
         assert arg(cmd, "seed") == "0,1,2,3,4"
         assert arg(cmd, "trainer.resume") == "true"  # a requeued job continues its own record
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,6 +14,8 @@ from experiments.data.hub import load_saved_or_hub
 from experiments.data.tokenization import TextClassificationCollate, load_tokenizer
 
 Source = Literal["hf", "tfds"]
+Order = Literal["stored", "tfds"]
+GLUE_HUB_PATH = "nyu-mll/glue"  # the configurations are the task names
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ def glue(
     max_length: int = 256,
     max_train_examples: int | None = None,
     bytes_literal: bool = False,
+    order: Order = "stored",
 ) -> DataBundle:
     """A GLUE task as rows in stored order (the paper did not shuffle), tokenized per batch.
 
@@ -55,6 +59,10 @@ def glue(
         max_train_examples: keep only the first this many training rows.
         bytes_literal: as-run option; True tokenizes ``"b'...'"``, the printed UTF-8 bytes, as the
             paper's pipeline did. False (the default) tokenizes the text itself.
+        order: the row order of every split. ``"stored"``: as the source stores it (the hub copy
+            by ``idx``). ``"tfds"``: tensorflow-datasets' order, in which the paper read the data
+            (see :func:`tfds_order`); the hub copy is permuted into it, no TensorFlow needed. A
+            ``source="tfds"`` copy is in that order already.
 
     Returns:
         A bundle whose batches are ``{"input_ids", "attention_mask"[, "token_type_ids"]: long[B, T],
@@ -64,11 +72,16 @@ def glue(
         raise ValueError(f"unknown GLUE task {task!r}; expected one of {sorted(GLUE_TASKS)}")
     if source not in _READERS:
         raise ValueError(f"unknown GLUE source {source!r}; expected one of {sorted(_READERS)}")
+    if order not in ("stored", "tfds"):
+        raise ValueError(f"unknown GLUE order {order!r}; expected 'stored' or 'tfds'")
     glue_task = GLUE_TASKS[task]
     tok = load_tokenizer(tokenizer)
     if tok.pad_token_id is None:
         raise ValueError(f"tokenizer {tokenizer!r} has no pad token, and GLUE batches are padded")
-    train, val = _READERS[source](task, data_dir, ("train", glue_task.val_split))
+    splits = ("train", glue_task.val_split)
+    train, val = _READERS[source](task, data_dir, splits)
+    if order == "tfds" and source == "hf":
+        train, val = (rows.select(tfds_order(rows["idx"], split)) for rows, split in zip((train, val), splits))
     if max_train_examples is not None:
         train = Subset(train, range(min(max_train_examples, len(train))))
     return DataBundle(
@@ -85,9 +98,25 @@ def glue(
     )
 
 
+def tfds_order(keys: Sequence[int | str], split: str) -> list[int]:
+    """The positions of the examples with ``keys`` in the order tensorflow-datasets stores
+    ``split`` in: ascending 128-bit MD5 of the split name (the salt) followed by the key as UTF-8
+    text (tfds ``core/hashing.py`` and ``core/shuffle.py``: prepared files are sorted by that
+    hash). tfds' GLUE builder keys every example by its ``idx``, the column the hub copy keeps.
+    """
+    salted = hashlib.md5(split.encode("utf-8"))
+
+    def digest(key: int | str) -> bytes:
+        md5 = salted.copy()
+        md5.update(str(key).replace("\\", "/").encode("utf-8"))
+        return md5.digest()  # big-endian bytes order as tfds' int(hexdigest, 16) does
+
+    return sorted(range(len(keys)), key=lambda i: digest(keys[i]))
+
+
 def _hf_splits(task: str, data_dir: str | None, splits: Sequence[str]) -> list[Dataset]:
     """The named splits of Hugging Face's ``nyu-mll/glue`` configuration ``task``."""
-    dataset = load_saved_or_hub("nyu-mll/glue", task, data_dir, f"glue/{task}")
+    dataset = load_saved_or_hub(GLUE_HUB_PATH, task, data_dir, f"glue/{task}")
     return [dataset[split] for split in splits]
 
 

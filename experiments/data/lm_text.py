@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, islice
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,13 +23,17 @@ from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 from transformers import PreTrainedTokenizerBase
 
-from experiments.data import DataBundle, DataSpec
+from experiments.data import DataBundle, DatasetNotFound, DataSpec
 from experiments.data.hub import load_saved_or_hub
 from experiments.data.tokenization import load_tokenizer
 
 TOKEN_DTYPE = np.uint16  # GPT-2's 50,257 ids fit in two bytes, as in nanoGPT's train.bin
 _DOCS_PER_CALL = 1024  # documents per tokenizer call: enough for its batch encoder, few enough to stream
 _SPLIT_SEED = 2357  # nanoGPT's validation split of OpenWebText
+# OpenWebText on the hub: its main branch is built by a loading script, which datasets >= 4 no
+# longer runs; the hub's parquet export of the same data loads with every datasets version.
+OPENWEBTEXT_HUB = dict(path="Skylion007/openwebtext", config="plain_text", revision="refs/convert/parquet")
+Sampling = Literal["blocks", "random_windows"]
 
 
 def encode_chunks(
@@ -128,6 +133,42 @@ class TokenBlocks(Dataset):
         return {"input_ids": block[:-1], "labels": block[1:]}
 
 
+class RandomWindows(Dataset):
+    """Windows of ``block_size + 1`` tokens at random positions, drawn with replacement: what
+    nanoGPT's ``get_batch`` samples on every step (``torch.randint(len(data) - block_size)``).
+
+    An epoch holds ``len(tokens) // block_size`` windows, as many as :class:`TokenBlocks` has
+    blocks. Window ``i`` of epoch ``e`` starts at a position drawn from a generator seeded with
+    ``(seed, e, i)``: every epoch draws afresh, and a run resumed mid-epoch (or a DataLoader
+    worker) sees the same windows as an uninterrupted one. The trainer calls :meth:`set_epoch`.
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int, seed: int) -> None:
+        if len(tokens) < block_size + 1:
+            raise ValueError(f"{len(tokens)} tokens cannot fill one window of {block_size} + 1 tokens")
+        self.tokens, self.block_size, self.seed = tokens, block_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (len(self.tokens) - 1) // self.block_size
+
+    def start(self, index: int) -> int:
+        """Where window ``index`` of the current epoch starts, uniform on [0, N - block_size)."""
+        generator = np.random.default_rng([self.seed, self.epoch, index])
+        return int(generator.integers(0, len(self.tokens) - self.block_size))
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        """``{"input_ids": long[block_size], "labels": long[block_size]}``, labels shifted by one."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} of {len(self)}")
+        start = self.start(index)
+        window = torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
+        return {"input_ids": window[:-1], "labels": window[1:]}
+
+
 def compact_vocabulary(train: np.ndarray, others: list[np.ndarray], size: int) -> list[np.ndarray]:
     """Renumber token ids to a vocabulary of ``size``: the ``size - 1`` ids most frequent in
     ``train`` become ``0 .. size - 2`` (most frequent first, ties by id), every other id becomes
@@ -150,16 +191,28 @@ def language_model_bundle(
     val_tokens: np.ndarray,
     block_size: int,
     vocab_size: int,
+    sampling: Sampling = "blocks",
+    seed: int = 0,
 ) -> DataBundle:
     """Train and validation token streams (ids below ``vocab_size``) as blocks.
+
+    ``sampling``: the training examples are the disjoint ``"blocks"`` of the stream (one pass per
+    epoch) or ``"random_windows"`` drawn with replacement (nanoGPT's sampling, seeded by
+    ``seed``). Validation always uses the blocks.
 
     Returns a bundle whose batches are ``{"input_ids": long[B, block_size],
     "labels": long[B, block_size]}``.
     """
+    if sampling not in ("blocks", "random_windows"):
+        raise ValueError(f"sampling must be 'blocks' or 'random_windows', got {sampling!r}")
+    train = (
+        TokenBlocks(train_tokens, block_size) if sampling == "blocks"
+        else RandomWindows(train_tokens, block_size, seed)
+    )
     return DataBundle(
         name=name,
         spec=DataSpec(task="language_modeling", vocab_size=vocab_size),
-        train=TokenBlocks(train_tokens, block_size),
+        train=train,
         val=TokenBlocks(val_tokens, block_size),
         collate=default_collate,
     )
@@ -172,18 +225,23 @@ def openwebtext(
     token_budget: int | None = None,
     val_fraction: float = 0.0005,
     text_field: str = "text",
+    sampling: Sampling = "blocks",
+    seed: int = 0,
 ) -> DataBundle:
     """OpenWebText for GPT-2, with nanoGPT's validation split.
 
     Args:
         tokenizer: as :func:`~experiments.data.tokenization.load_tokenizer` names it.
-        data_dir: holds a ``save_to_disk`` copy under ``openwebtext/`` (else the hub is tried) and
-            the token cache under ``openwebtext-tokens/``; None keeps tokens in memory only.
+        data_dir: holds a ``save_to_disk`` copy under ``openwebtext/`` (else the hub's parquet
+            export is loaded, see ``OPENWEBTEXT_HUB``) and the token cache under
+            ``openwebtext-tokens/``; None keeps tokens in memory only.
         block_size: tokens per example.
         token_budget: at most this many training target tokens (``token_budget // block_size``
             blocks); only the documents needed for them are tokenized. None: the whole split.
         val_fraction: share of the documents held out for validation (shuffled, seed 2357).
         text_field: the column holding each document.
+        sampling, seed: the training examples, as :func:`language_model_bundle` takes them
+            (``"random_windows"``: the GPT-2 row's sampling, windows drawn with replacement).
 
     Returns:
         A bundle whose batches are ``{"input_ids": long[B, block_size],
@@ -205,12 +263,25 @@ def openwebtext(
 
     # One token more than the budget: the last target token needs its input.
     train = split_tokens("train", None if token_budget is None else token_budget + 1)
-    return language_model_bundle("openwebtext", train, split_tokens("val", None), block_size, len(tok))
+    val = split_tokens("val", None)
+    return language_model_bundle("openwebtext", train, val, block_size, len(tok), sampling, seed)
 
 
 def _openwebtext_splits(data_dir: str | None, val_fraction: float) -> DatasetDict:
     """OpenWebText's documents as ``train`` and ``val`` splits (it ships only ``train``)."""
-    corpus = load_saved_or_hub("Skylion007/openwebtext", None, data_dir, "openwebtext")
+    corpus = load_saved_or_hub(
+        OPENWEBTEXT_HUB["path"], OPENWEBTEXT_HUB["config"], data_dir, "openwebtext",
+        revision=OPENWEBTEXT_HUB["revision"],
+    )
+    if "train" not in corpus:
+        # The hub's parquet export of a corpus this large may be cut to a "partial-train" split.
+        raise DatasetNotFound(
+            "openwebtext (all of its train split)",
+            f"the splits {sorted(corpus)} of {OPENWEBTEXT_HUB['path']} at {OPENWEBTEXT_HUB['revision']}",
+            f"Save the whole corpus into {Path(data_dir or '<data_dir>', 'openwebtext')} with an older "
+            'datasets in a separate environment: pip install "datasets<4", then load_dataset('
+            f"{OPENWEBTEXT_HUB['path']!r}, trust_remote_code=True).save_to_disk(<that folder>)",
+        )
     split = corpus["train"].train_test_split(test_size=val_fraction, seed=_SPLIT_SEED, shuffle=True)
     return DatasetDict(train=split["train"], val=split["test"])
 
