@@ -61,3 +61,16 @@ def one_thread():
 @pytest.fixture
 def batch() -> tuple[Tensor, Tensor]:
     return classification_batch()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``cuda`` where no CUDA device is present, saying why
+    (``tests/cuda_utils.py``; the default run deselects them anyway)."""
+    from cuda_utils import skip_reason
+
+    reason = skip_reason()
+    if reason is None:
+        return
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
