@@ -104,3 +104,59 @@ def test_ddp_all_reduces_only_on_the_last_micro_batch(tmp_path, monkeypatch, one
     (wrapper,) = wrappers
     # Three steps of four micro-batches with gradients; the trials run under no_grad.
     assert wrapper.synced == [False, False, False, True] * 3
+
+
+# -- two gloo ranks: DDP with accumulation ---------------------------------------------------------
+def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
+    import os
+
+    from ranks import loopback_env
+
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **loopback_env()})
+    torch.set_num_threads(1)
+    seen = {}
+    fit = Trainer.fit
+
+    def watched_fit(self: Trainer) -> dict:
+        summary = fit(self)
+        seen["params"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        seen["no_sync"] = hasattr(self.forward_model, "no_sync")
+        return summary
+
+    Trainer.fit = watched_fit
+    summary = run_config(BASE + ["optimizer=salsa", "model.build.dropout=0.2", "trainer.batch_size=16",
+                                 "trainer.accumulation_steps=3", "trainer.max_steps=6"], Path(out_dir) / "run")
+    torch.save({"summary": summary, **seen}, Path(out_dir) / f"rank{rank}.pt")
+
+
+def test_ddp_ranks_with_accumulation_stay_identical(tmp_path):
+    torch_dist = pytest.importorskip("torch.distributed")
+    if not (torch_dist.is_available() and torch_dist.is_gloo_available()):
+        pytest.skip("needs torch.distributed with gloo")
+    from ranks import free_port, run_ranks
+
+    r0, r1 = run_ranks(_ddp_worker, (free_port(), str(tmp_path)), 2, 180.0, tmp_path)
+    assert r0["no_sync"] and r0["summary"]["status"] == "finished" and r0["summary"]["steps"] == 6
+    assert all(torch.equal(r0["params"][k], r1["params"][k]) for k in r0["params"]), "ranks drifted apart"
+    assert r0["summary"]["forwards"] == r1["summary"]["forwards"]  # the same trials on both ranks
+
+
+def test_the_trainer_tells_random_windows_the_epoch():
+    """Data drawn afresh every epoch (RandomWindows) learns the epoch before its batches are cut."""
+    import numpy as np
+
+    from experiments.data.lm_text import language_model_bundle
+
+    bundle = language_model_bundle("t", np.arange(500, dtype=np.uint16), np.arange(100, dtype=np.uint16),
+                                   block_size=4, vocab_size=600, sampling="random_windows", seed=2)
+    trainer = Trainer.__new__(Trainer)
+    trainer.data, trainer.seed, trainer.rank, trainer.world_size = bundle, 0, 0, 1
+    trainer.cfg = type("Cfg", (), {"shuffle": False, "num_workers": 0, "batch_size": 8})()
+    trainer.examples_per_step = 8
+    trainer.device = torch.device("cpu")
+    trainer.state = type("State", (), {"epoch": 3, "batch_in_epoch": 0})()
+    first = next(iter(trainer._batches()))
+    assert bundle.train.epoch == 3
+    start = bundle.train.start(0)
+    assert first["input_ids"][0].tolist() == list(range(start, start + 4))

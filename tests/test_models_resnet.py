@@ -77,3 +77,25 @@ def test_resnet50_gives_logits_for_a_224x224_image(imagenet_net):
 
 def test_resnet50_sizes_its_head_from_the_spec():
     assert resnet50(CIFAR10).backbone.fc.out_features == 10
+
+
+def test_cifar_resnet_init_choice():
+    """``init="pytorch"`` (the authors' ResNet) keeps PyTorch's default convolution init, uniform
+    in +-1/sqrt(fan_in); torchvision's He normal (fan-out) has std sqrt(2 / fan_out) and leaves
+    that bound for a large share of the weights."""
+    torch.manual_seed(0)
+    pytorch = resnet34_cifar(CIFAR10, init="pytorch")
+    torch.manual_seed(0)
+    he = resnet34_cifar(CIFAR10)
+    for net, inside in ((pytorch, True), (he, False)):
+        for module in net.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_in = module.weight[0].numel()
+                bound = 1 / fan_in**0.5
+                share_outside = (module.weight.abs() > bound * (1 + 1e-6)).float().mean().item()
+                if inside:
+                    assert share_outside == 0.0, module
+                elif module.in_channels > 3:  # the 3-channel stem's bound (0.19) is wide for He
+                    assert share_outside > 0.2, (module, share_outside)
+    with pytest.raises(ValueError, match="init"):
+        resnet34_cifar(CIFAR10, init="xavier")
