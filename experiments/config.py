@@ -22,6 +22,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
+from .data.tokenizer_names import CHOICES as TOKENIZER_CHOICES
+
 
 class Precision(enum.Enum):
     fp32 = "fp32"
@@ -175,6 +177,8 @@ def check_build_blocks(cfg: DictConfig) -> None:
     ``params`` (optimizer) and ``spec`` (model) are passed by the runner and must not be set.
     Values of keys annotated ``int``/``float``/``bool``/``str`` must have that type.
     """
+    if OmegaConf.is_missing(cfg.model, "tokenizer"):  # a text model that leaves the choice to the user
+        raise ConfigError(f"model.tokenizer must be set for model={cfg.model.name}: {TOKENIZER_CHOICES}")
     for group, passed_by_runner in (("optimizer", {"params"}), ("model", {"spec"}), ("dataset", set())):
         try:
             build = OmegaConf.to_container(cfg[group].build, resolve=True, throw_on_missing=True)

