@@ -1,5 +1,6 @@
 """SaLSA under FSDP2: every rank holds a shard of each parameter and trains on its own batch.
 
+    pip install -e .                                 # from the checkout: torch and this library
     torchrun --nproc-per-node 2 examples/fsdp.py     # any number of ranks, CPU (gloo) or GPUs (nccl)
     python examples/fsdp.py                          # starts 2 CPU ranks itself
 

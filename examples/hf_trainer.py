@@ -3,7 +3,7 @@ pass the optimizer. Gradient accumulation, logging and evaluation work as before
 rate, its schedule and gradient clipping are not used (the line search picks the step size), and
 the logs gain ``step_size``, ``n_forwards``, ``n_backtracks``, ...
 
-    pip install "salsa-linesearch[hf]"
+    pip install -e ".[hf]"              # from the checkout: transformers, accelerate, datasets
     python examples/hf_trainer.py
 
 A tiny randomly initialised BERT on a made-up task, so that it runs anywhere in seconds.
@@ -36,6 +36,7 @@ def main() -> None:
         args = TrainingArguments(
             output_dir=output_dir, max_steps=20, per_device_train_batch_size=16, logging_steps=5,
             save_strategy="no", report_to=[], disable_tqdm=True,
+            dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs a GPU (a warning without)
         )
         trainer = LineSearchTrainer(
             model=model, args=args, train_dataset=toy_task(),

@@ -2,9 +2,12 @@
 and return the optimizer (and no scheduler) from ``configure_optimizers``. ``step_size`` and the
 search counters are logged with ``self.log``.
 
-    pip install "salsa-linesearch[lightning]"
+    pip install -e ".[lightning]"       # from the checkout
     python examples/lightning_module.py
 """
+
+import logging
+import warnings
 
 import lightning.pytorch as pl
 import torch
@@ -36,7 +39,15 @@ class FirstAndLastLoss(pl.Callback):
         self.losses.append(float(trainer.callback_metrics["train_loss"]))
 
 
+def quiet_lightning() -> None:
+    """Keep the output to this script's result: Lightning logs the accelerators it found and
+    product tips at INFO, and its pytree helper uses a class that torch >= 2.10 deprecates."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+
+
 def main() -> None:
+    quiet_lightning()
     torch.manual_seed(0)
     x = torch.randn(1024, 8)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()

@@ -1,6 +1,7 @@
 """SaLSA in a plain PyTorch loop, in two forms: the optimizer calls your closure, or you run the
 forward and backward yourself (here over two micro-batches) and pass the loss.
 
+    pip install -e .                    # from the checkout: torch and this library
     python examples/plain_loop.py
 """
 

@@ -1,6 +1,7 @@
 """SLS with the closure convention of its reference implementation: ``closure()`` returns the loss
 and never calls ``backward``; the optimizer zeroes the gradients and runs the backward itself.
 
+    pip install -e .                    # from the checkout: torch and this library
     python examples/sls_closure.py
 """
 

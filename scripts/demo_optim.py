@@ -1,7 +1,8 @@
 """Train one small network with each optimizer of the library and print how they did.
 
 A teacher MLP labels random inputs; a student MLP learns them with mini-batches. No data is
-downloaded and it runs on the CPU in seconds:
+downloaded and it runs on the CPU in seconds. It needs torch and this library, importable once
+the project is installed (``pip install -e .``, which the quick start does):
 
     python scripts/demo_optim.py [--steps 300]
 """

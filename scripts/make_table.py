@@ -5,7 +5,7 @@ training loss, over the finished runs of that task and optimizer (one per seed, 
 reruns). Below the tasks: the "log average" (geometric mean over tasks) and the "average rank".
 The best cell of every row is in bold. A cell without runs is shown as missing (–), never filled.
 
-The final training loss is read off a smoothed curve (PROTOCOL.md, "The table's metric"):
+The final training loss is read off a smoothed curve (docs/protocol.md, "The table's metric"):
 
 * ``--smoothing last1pct`` (default): the mean of the per-batch training loss over the last 1 %
   of logged training rows, at least one row (``max(1, n // 100)`` of ``n``). Non-finite losses -
@@ -25,7 +25,8 @@ Other tables (``--metrics``): final validation accuracy, final validation perple
 time (wall-clock time of the training steps, summed over resumes). ``--paper`` adds the paper's
 printed losses (``results/paper/``) side by side, and its printed summary rows.
 
-Outputs ``table.md``, ``table.tex`` and ``table.png`` in ``--out`` and the Markdown on stdout.
+Outputs ``table.md``, ``table.tex`` and ``table.png`` in ``--out`` (default: ``results/`` of the
+working directory), the Markdown on stdout and the path of every file written on stderr.
 
 Usage::
 
@@ -342,15 +343,16 @@ def to_png(sections: Sequence[Section], path: Path) -> None:
     fig.savefig(path, dpi=150, bbox_inches="tight")  # PNG through matplotlib's Agg renderer
 
 
-def write_outputs(sections: Sequence[Section], out: Path) -> str:
-    """``table.md``, ``table.tex`` and ``table.png`` in ``out``; returns the Markdown."""
+def write_outputs(sections: Sequence[Section], out: Path) -> tuple[str, list[Path]]:
+    """``table.md``, ``table.tex`` and ``table.png`` in ``out``; returns the Markdown and the
+    paths written."""
     out.mkdir(parents=True, exist_ok=True)
     markdown = "\n".join(to_markdown(s) for s in sections)
     (out / "table.md").write_text(markdown)
     latex = "\n".join(to_latex(s) for s in sections)
     (out / "table.tex").write_text("% needs \\usepackage{booktabs}\n" + latex)
     to_png(sections, out / "table.png")
-    return markdown
+    return markdown, [out / "table.md", out / "table.tex", out / "table.png"]
 
 
 def paper_sections(loss: Table) -> list[Section]:
@@ -392,7 +394,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, arg
     parser.add_argument("--include-unfinished", action="store_true",
                         help="count runs of any status, not only finished ones")
     parser.add_argument("--out", type=Path, default=Path("results"),
-                        help="output directory (default: results)")
+                        help="output directory (default: results, in the working directory)")
     args = parser.parse_args(argv)
     if not args.roots and not args.wandb:
         args.roots = [Path("multirun"), Path("outputs")]
@@ -416,7 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections = [table_section(tables[key], runs_note) for key in args.metrics]
     if args.paper:
         sections += paper_sections(tables["loss"])
-    print(write_outputs(sections, args.out))
+    markdown, written = write_outputs(sections, args.out)
+    print(markdown)
+    # On stderr, so that stdout stays the Markdown (`make_table.py ... > table.md`).
+    for path in written:
+        print(f"wrote {path.resolve()}", file=sys.stderr)
     return 0
 
 
