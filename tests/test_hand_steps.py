@@ -1,4 +1,4 @@
-"""Steps worked out by hand from the published update rules (../shared/ALGORITHMS.md).
+"""Steps worked out by hand from the published update rules (docs/algorithms.md).
 
 Every expectation here is computed in plain numpy float64 from the equations, on quadratics
 f(theta) = h/2 ||theta||^2 whose gradient is h * theta, so the accepted step sizes follow from

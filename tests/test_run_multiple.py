@@ -178,7 +178,7 @@ def job_overrides(cmd: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("grid, task, optimizer, expected", [
-    # PROTOCOL.md: NLP baselines Adam 2e-5 / SGD 2e-3 with cosine + 10 % warm-up, line searches speed-up on
+    # docs/protocol.md: NLP baselines Adam 2e-5 / SGD 2e-3 with cosine + 10 % warm-up, line searches speed-up on
     ("nlp", "mrpc", "adam", {"lr": 2e-5, "schedule": True, "batch_size": 32, "epochs": 5, "shuffle": False}),
     ("nlp", "mnli", "salsa", {"speed_up": True, "schedule": False}),
     # images: Adam 1e-3, SGD 0.1, flat; line searches speed-up off; batch 128
