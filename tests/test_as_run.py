@@ -28,6 +28,7 @@ from optim import SLS
 from optim.presets import paper_optimizer
 
 adam_sls = pytest.importorskip("salsa.adam_sls", reason="the dev extra installs salsa-optimizer==0.1.0")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only wait for each other
 
 STEPS = 150
 
@@ -89,6 +90,64 @@ def test_preset_follows_the_authors_adamsls(column):
         assert searches < STEPS
     else:
         assert searches == STEPS
+
+
+def run_against_the_authors(column, make_closure, steps, start):
+    """Our preset and the authors' AdamSLS on two copies of the parameters ``start``."""
+    ours_p, their_p = nn.Parameter(start.clone()), nn.Parameter(start.clone())
+    ours = paper_optimizer(column, [ours_p])
+    theirs = adam_sls.AdamSLS([[their_p]], **AUTHORS_COLUMNS[column])
+    for k in range(steps):
+        ours.zero_grad()
+        ours.step(make_closure(ours_p, k))
+        their_p.grad = None
+        with contextlib.redirect_stdout(io.StringIO()):
+            theirs.step(make_closure(their_p, k))
+        torch.testing.assert_close(ours_p.detach(), their_p.detach(), rtol=1e-5, atol=1e-12)
+        assert ours.diagnostics["step_size"] == pytest.approx(theirs.state["step_sizes"][0], rel=1e-5)
+        assert ours.diagnostics["n_forwards"] == theirs.state["n_forwards"]
+    return ours
+
+
+@pytest.mark.parametrize("column", sorted(AUTHORS_COLUMNS))
+def test_failed_searches_follow_the_authors(column):
+    """Every evaluation returns more than the one before: all 200 trials fail; the step is taken
+    with eta * 0.9**200 (along the momentum for the Adam columns) and that eta is kept."""
+
+    def make_closure(theta, k):
+        calls = []
+
+        def closure(backwards: bool = False):
+            calls.append(1)
+            value = (theta**2).sum() + float(len(calls))
+            if backwards:
+                value.backward()
+            return value
+
+        return closure
+
+    start = torch.tensor([0.5, -0.3, 0.2], dtype=torch.float64)
+    ours = run_against_the_authors(column, make_closure, 3, start)
+    assert ours.diagnostics["n_failed_searches"] == 3
+
+
+@pytest.mark.parametrize("column", sorted(AUTHORS_COLUMNS))
+def test_zero_loss_steps_follow_the_authors(column):
+    """L0 == 0 exactly: no search; the step goes along the momentum (the gradient for the SGD
+    columns) with the grown eta, which is kept; then ordinary steps again."""
+
+    def make_closure(theta, k):
+        def closure(backwards: bool = False):
+            value = (theta - theta.detach()).sum() if k < 2 else 10 * ((theta - 2) ** 2).sum()
+            if backwards:
+                value.backward()
+            return value
+
+        return closure
+
+    start = torch.tensor([0.5, -0.3, 0.2], dtype=torch.float64)
+    ours = run_against_the_authors(column, make_closure, 5, start)
+    assert ours.diagnostics["n_searches"] == 3
 
 
 # -- the SLS reference, written out from IssamLaradji/sls ----------------------------------------
