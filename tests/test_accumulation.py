@@ -164,21 +164,15 @@ def test_the_trainer_tells_random_windows_the_epoch():
 
 def test_resume_with_accumulation_continues_the_same_trajectory(tmp_path, monkeypatch, one_thread):
     """Checkpoints count optimizer steps; a resume mid-epoch starts at the right micro-batch."""
-    from harness_utils import Crash, crashing_at_step
+    from harness_utils import crash_then_resume, logged_rows
 
     from experiments.checkpoint import list_checkpoints
 
     common = BASE + ["optimizer=salsa", "model.build.dropout=0.2", "trainer.batch_size=16",
                      "trainer.accumulation_steps=3", "trainer.max_steps=14", "trainer.checkpoint_interval=5"]
     straight = run_config(common, tmp_path / "straight")
-    original = Trainer._after_step
-    monkeypatch.setattr(Trainer, "_after_step", crashing_at_step(8))
-    with pytest.raises(Crash):
-        run_config(common, tmp_path / "resumed")
-    monkeypatch.setattr(Trainer, "_after_step", original)
-    resumed = run_config([*common, "trainer.resume=true"], tmp_path / "resumed")
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
-    assert strip(rows(tmp_path / "resumed")) == strip(rows(tmp_path / "straight"))
+    resumed = crash_then_resume(common, tmp_path / "resumed", 8, monkeypatch)
+    assert logged_rows(tmp_path / "resumed") == logged_rows(tmp_path / "straight")
     assert resumed["final_loss"] == straight["final_loss"] and resumed["steps"] == 14
     a = torch.load(list_checkpoints(tmp_path / "straight")[-1], weights_only=True)["model"]
     b = torch.load(list_checkpoints(tmp_path / "resumed")[-1], weights_only=True)["model"]

@@ -19,6 +19,7 @@ import contextlib
 import copy
 import io
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -47,14 +48,20 @@ def batches(n: int, seed: int = 11) -> list[tuple[torch.Tensor, torch.Tensor]]:
     ]
 
 
-def closure_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+def closure_of(value: Callable[[], torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``closure(backwards=False)`` evaluating ``value()``, with its backward when asked."""
+
     def closure(backwards: bool = False) -> torch.Tensor:
-        loss = nn.functional.cross_entropy(model(x), y)
+        loss = value()
         if backwards:
             loss.backward()
         return loss
 
     return closure
+
+
+def closure_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    return closure_of(lambda: nn.functional.cross_entropy(model(x), y))
 
 
 # How test/embedder.py builds each column (c = 0.3, beta = 0.99 from test/run_multiple.py; only
@@ -117,14 +124,11 @@ def test_failed_searches_follow_the_authors(column):
     def make_closure(theta, k):
         calls = []
 
-        def closure(backwards: bool = False):
+        def value():
             calls.append(1)
-            value = (theta**2).sum() + float(len(calls))
-            if backwards:
-                value.backward()
-            return value
+            return (theta**2).sum() + float(len(calls))
 
-        return closure
+        return closure_of(value)
 
     start = torch.tensor([0.5, -0.3, 0.2], dtype=torch.float64)
     ours = run_against_the_authors(column, make_closure, 3, start)
@@ -137,13 +141,7 @@ def test_zero_loss_steps_follow_the_authors(column):
     columns) with the grown eta, which is kept; then ordinary steps again."""
 
     def make_closure(theta, k):
-        def closure(backwards: bool = False):
-            value = (theta - theta.detach()).sum() if k < 2 else 10 * ((theta - 2) ** 2).sum()
-            if backwards:
-                value.backward()
-            return value
-
-        return closure
+        return closure_of(lambda: (theta - theta.detach()).sum() if k < 2 else 10 * ((theta - 2) ** 2).sum())
 
     start = torch.tensor([0.5, -0.3, 0.2], dtype=torch.float64)
     ours = run_against_the_authors(column, make_closure, 5, start)

@@ -18,7 +18,7 @@ from experiments.checkpoint import list_checkpoints
 from experiments.config import ConfigError, check_build_blocks
 from experiments.trainer import Trainer
 
-from harness_utils import Crash, compose_run_config, crashing_at_step, run_config
+from harness_utils import compose_run_config, crash_then_resume, logged_rows, run_config
 
 PACKAGES = {"prodigy": "prodigyopt", "dadapt_adam": "dadaptation", "schedulefree_adamw": "schedulefree"}
 LABELS = {"prodigy": "Prodigy", "dadapt_adam": "D-Adapt Adam", "schedulefree_adamw": "Schedule-Free AdamW"}
@@ -117,16 +117,8 @@ def test_schedulefree_resume_continues_the_same_trajectory(tmp_path, monkeypatch
     common = ["optimizer=schedulefree_adamw", "trainer.max_steps=30", "trainer.checkpoint_interval=10",
               "trainer.eval_interval=5", "model.build.dropout=0.2"]
     straight = run_config(common, tmp_path / "straight")
-
-    original = Trainer._after_step
-    monkeypatch.setattr(Trainer, "_after_step", crashing_at_step(25))
-    with pytest.raises(Crash):
-        run_config(common, tmp_path / "resumed")
-    monkeypatch.setattr(Trainer, "_after_step", original)
-    resumed = run_config([*common, "trainer.resume=true"], tmp_path / "resumed")
-
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "time"} for r in rs]  # noqa: E731
-    assert strip(rows(tmp_path / "resumed")) == strip(rows(tmp_path / "straight"))
+    resumed = crash_then_resume(common, tmp_path / "resumed", 25, monkeypatch)
+    assert logged_rows(tmp_path / "resumed") == logged_rows(tmp_path / "straight")
     assert resumed["final_val_loss"] == straight["final_val_loss"]
     a, b = (torch.load(list_checkpoints(tmp_path / run)[-1], weights_only=True) for run in ("straight", "resumed"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
