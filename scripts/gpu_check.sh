@@ -9,7 +9,8 @@
 # Settings (environment): PYTHON (python), GPU_CHECK_OUT (bench_results),
 # GPU_CHECK_TESTS_TIMEOUT_S (270), GPU_CHECK_BENCH_TIMEOUT_S (180), GPU_CHECK_BENCH_STEPS (120, in
 # blocks of 20), GPU_CHECK_BENCH_WORKLOADS (mlp,cnn,transformer,bert). Each part runs under its own
-# time limit (GNU timeout); a part stopped by it is reported as such, with what it finished.
+# time limit (GNU timeout: SIGINT, so that pytest still writes its XML, then SIGKILL 20 s later); a
+# part stopped by it is reported as such, with what it finished.
 # Exit status: 0 every test passed and every workload was measured; 1 otherwise (the report says
 # what); 2 nothing was run (no CUDA device, no python with torch): one line on stderr says why.
 set -u -o pipefail
@@ -60,11 +61,11 @@ start=$(date +%s)
 echo "gpu_check: $device_name (torch $torch_version, CUDA $cuda_version): the CUDA tests (at most" \
      "${tests_timeout} s), then the benchmark (at most ${bench_timeout} s)" >&2
 
-timeout --kill-after=20 "$tests_timeout" "$python" -m pytest -m cuda -v -rA -p no:cacheprovider \
+timeout --signal=INT --kill-after=20 "$tests_timeout" "$python" -m pytest -m cuda -v -rA -p no:cacheprovider \
     --junitxml="$work/pytest.xml" 2>&1 | tee "$work/pytest.log"
 tests_rc=${PIPESTATUS[0]}
 
-timeout --kill-after=20 "$bench_timeout" "$python" scripts/bench_optim.py --device cuda \
+timeout --signal=INT --kill-after=20 "$bench_timeout" "$python" scripts/bench_optim.py --device cuda \
     --workloads "$workloads" --steps "$bench_steps" --block 20 --out "$work/bench" 2>&1 | tee "$work/bench.log"
 bench_rc=${PIPESTATUS[0]}
 # The benchmark writes its JSON after every workload: keep what it measured, even if stopped.

@@ -243,7 +243,7 @@ def markdown(report: dict[str, Any]) -> str:
     else:
         lines.append("No workload was measured.")
     if bench["not_measured"]:
-        why = "stopped by its time limit" if bench["timed_out"] else f"exit code {bench['exit_code']}"
+        why = "was stopped by its time limit" if bench["timed_out"] else f"exited with code {bench['exit_code']}"
         lines += ["", f"Not measured: {', '.join(bench['not_measured'])} (the benchmark {why})."]
     elif bench["exit_code"] != 0:
         lines += ["", f"The benchmark exited with code {bench['exit_code']}."]

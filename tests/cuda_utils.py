@@ -53,6 +53,12 @@ def require_real_cuda(what: str) -> None:
         pytest.skip(f"dry run on CPU: {what} needs a CUDA device")
 
 
+def require_bf16() -> None:
+    """Skip the calling test on a GPU without bfloat16 (before Ampere autocast cannot use it)."""
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        pytest.skip(f"{torch.cuda.get_device_name()} does not support bfloat16")
+
+
 class SyncCounter:
     """Counts the host synchronisations of the CUDA calls in its body.
 

@@ -213,7 +213,7 @@ def test_report_of_a_failing_check_names_the_failures_and_what_was_not_measured(
     assert "| mlp | Adam | 2.00 | 1.00 | 0.50 | baseline | baseline | 14.2 MB (2.00x) |" in md
     assert "| `test_fixture.py::test_fail` | failed |" in md
     assert "| `test_fixture.py::test_known_bug` | xfailed | " in md
-    assert "Not measured: bert (the benchmark stopped by its time limit)." in md
+    assert "Not measured: bert (the benchmark was stopped by its time limit)." in md
     # The logs are kept beside the report.
     assert (tmp_path / "out" / "gpu_check_fake-gpu-80gb.pytest.log").read_text() == log.read_text()
 

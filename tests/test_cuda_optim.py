@@ -21,7 +21,7 @@ from optim._evaluation import LossEvaluator
 from optim.presets import paper_optimizer
 
 from conftest import classification_batch, model_closure, small_mlp
-from cuda_utils import SyncCounter, device, require_real_cuda
+from cuda_utils import SyncCounter, device, require_bf16, require_real_cuda
 
 pytestmark = pytest.mark.cuda
 DEVICE = device()
@@ -346,6 +346,7 @@ def _train_bf16(name: str, steps: int, precision: torch.dtype | None) -> tuple[n
 
 @pytest.mark.parametrize("name", ["salsa", "sls"])
 def test_bf16_autocast_trains_and_tracks_fp32(name: str) -> None:
+    require_bf16()
     x, y = _batch()
     initial = _fp32_loss(_mlp(), x, y)
     steps = 30
