@@ -23,8 +23,9 @@ Launchers. ``local``: one ``main.py -m`` process per run, one after another, its
 ``<run dir>/run.log``; a failure ends nothing else. ``joblib`` and ``submitit_slurm``: one multirun
 per block of runs that Hydra can sweep as a cross product (optimizers x seeds of one task sharing
 every other override), output in ``<root>/<grid>/logs/``. In a multirun ``main.py`` reports a
-failed run and goes on with the next; runs that a multirun which died (e.g. killed) left without an
-outcome then run one by one as under ``local``. SLURM multiruns are all started at once and waited for; every job gets
+failed run, goes on with the next and exits with 1 at the end; runs that a joblib multirun left
+without an outcome (it died, or refused them) then run one by one as under ``local``. A batch whose
+log cannot be opened is reported as not run, and the sweep goes on. SLURM multiruns are all started at once and waited for; every job gets
 ``trainer.resume=true``, because SLURM requeues a timed-out or pre-empted job with the same command
 line. Don't re-run a grid while its SLURM jobs are queued: their records say ``running``, and
 they would be started twice.
@@ -314,8 +315,19 @@ class Launched:
     output: IO[str]
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """A run's last launch: its log, the version of its record before it (a record this attempt
+    did not rewrite tells nothing of it), and why it was not launched at all, if it was not."""
+
+    log: Path
+    before: tuple[int, int] | None
+    not_launched: str | None = None
+
+
 def launch(batch: Batch, grid_dir: Path, options: Options, env: dict[str, str]) -> Launched:
-    """Start the multirun of ``batch``, its output appended to its log after a line naming it."""
+    """Start the multirun of ``batch``, its output appended to its log after a line naming it;
+    ``OSError`` when the log cannot be opened (then nothing is started)."""
     cmd, log = command(batch, grid_dir, options), batch_log(batch, grid_dir, options.launcher)
     before = {run: record_version(run) for run in batch.runs}
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -342,29 +354,43 @@ def has_outcome(run: Run, before: tuple[int, int] | None) -> bool:
             and (read_summary(run.run_dir) or {}).get("status") not in (None, "running"))
 
 
-def run_batches(batches: Sequence[Batch], grid: Grid, grid_dir: Path, options: Options) -> dict[Run, Path]:
-    """Launch ``batches`` and print each run's outcome; returns the log of each run's last attempt."""
+def run_batches(batches: Sequence[Batch], grid: Grid, grid_dir: Path, options: Options) -> dict[Run, Attempt]:
+    """Launch ``batches`` and print each run's outcome; returns each run's last attempt. A batch
+    that cannot be launched (its log does not open) is reported and the others go on."""
     env = child_env(options.threads)
-    logs: dict[Run, Path] = {}
+    logs: dict[Run, Attempt] = {}
     # A SLURM multirun waits for its jobs: start them all at once, so that the cluster runs them
     # together. The other launchers use this machine: one multirun at a time.
     waves = [batches] if options.launcher is Launcher.submitit_slurm else [[batch] for batch in batches]
     for wave in waves:
-        for launched in [launch(batch, grid_dir, options, env) for batch in wave]:
+        started = []
+        for batch in wave:
+            try:
+                started.append(launch(batch, grid_dir, options, env))
+            except OSError as error:
+                not_launched(batch, batch_log(batch, grid_dir, options.launcher), error, logs)
+        for launched in started:
             launched.process.wait()
             launched.output.close()
             finish(launched, grid, grid_dir, options, logs)
     return logs
 
 
-def finish(launched: Launched, grid: Grid, grid_dir: Path, options: Options, logs: dict[Run, Path]) -> None:
+def not_launched(batch: Batch, log: Path, error: OSError, logs: dict[Run, Attempt]) -> None:
+    why = f"not launched: its log {log} cannot be opened ({type(error).__name__}: {error})"
+    for run in batch.runs:
+        logs[run] = Attempt(log, record_version(run), why)
+        print(f"  {'not run':<11} {run.name} ({why})", flush=True)
+
+
+def finish(launched: Launched, grid: Grid, grid_dir: Path, options: Options, logs: dict[Run, Attempt]) -> None:
     """Report the runs of a multirun that ended; run one by one those it left without an outcome."""
     batch, returncode, log = launched.batch, launched.process.returncode, launched.log
     # A joblib multirun that died (killed, out of memory) leaves runs without an outcome. Not on
     # SLURM: the jobs of a multirun that stopped waiting may still be running there.
     stopped = returncode != 0 and len(batch.runs) > 1 and options.launcher is Launcher.joblib
     retry = [run for run in batch.runs if stopped and not has_outcome(run, launched.before[run])]
-    report([run for run in batch.runs if run not in retry], returncode, log, launched.began, logs)
+    report([run for run in batch.runs if run not in retry], returncode, launched, logs)
     if retry:
         print(f"  {batch.label}: the multirun stopped (exit {returncode}, log {log}); "
               f"running its {len(retry)} runs without an outcome one by one")
@@ -373,23 +399,44 @@ def finish(launched: Launched, grid: Grid, grid_dir: Path, options: Options, log
         logs.update(run_batches(make_batches(pending, Launcher.local), grid, grid_dir, alone))
 
 
-def report(runs: Sequence[Run], returncode: int, log: Path, began: float, logs: dict[Run, Path]) -> None:
-    """Print the outcome of ``runs`` (launched together at ``began``) and note their log."""
-    elapsed = time.time() - began
+def report(runs: Sequence[Run], returncode: int, launched: Launched, logs: dict[Run, Attempt]) -> None:
+    """Print the outcome of ``runs`` (of the multirun ``launched``) and note their attempt."""
+    elapsed = time.time() - launched.began
     for run in runs:
-        logs[run] = log
-        status = (read_summary(run.run_dir) or {"status": "no record"})["status"]
-        failed = f", exit {returncode}, log {log}" if status != "finished" else ""
-        print(f"  {status:<11} {run.name} ({elapsed:.1f} s{failed})", flush=True)
+        logs[run] = Attempt(launched.log, launched.before[run])
+        rewritten = record_version(run) != launched.before[run]
+        status = (read_summary(run.run_dir) or {}).get("status") if rewritten else "not run"
+        failed = f", exit {returncode}, log {launched.log}" if status != "finished" else ""
+        print(f"  {status or 'no record':<11} {run.name} ({elapsed:.1f} s{failed})", flush=True)
 
 
-def describe_failure(run: Run, log: Path | None) -> str:
+def describe_failure(run: Run, attempt: Attempt | None) -> str:
+    """Why ``run`` did not finish: its record's error when its last attempt wrote one; else the
+    error line that ``main.py`` printed for it (a refused resume leaves the older record as it
+    was, whose status would mislead)."""
     summary = read_summary(run.run_dir)
-    if summary is None:
-        what = "no record: it stopped before training (a config error, missing data) or never started"
+    log = attempt.log if attempt else None
+    if attempt is not None and attempt.not_launched:
+        what = attempt.not_launched
+    elif attempt is None or record_version(run) != attempt.before:
+        what = ("no record: it stopped before training (a config error, missing data) or never started"
+                if summary is None else summary["status"] + (f": {summary['error']}" if summary.get("error") else ""))
     else:
-        what = summary["status"] + (f": {summary['error']}" if summary.get("error") else "")
+        cause = error_line(attempt.log, run.run_dir) or "see its log"
+        what = (f"no record: {cause}" if summary is None
+                else f"its record is as before (status {summary.get('status')}): {cause}")
     return f"  {run.name}: {what}\n    log: {log}\n    run dir: {run.run_dir}"
+
+
+def error_line(log: Path, run_dir: Path) -> str | None:
+    """The last line in which ``main.py`` said why the run in ``run_dir`` did not finish."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    ends = (f"(run: {run_dir})", f"(record: {run_dir})")
+    return next((line for line in reversed(lines)
+                 if line.startswith(("error:", "failed:", "interrupted:")) and line.endswith(ends)), None)
 
 
 def state_detail(run: Run, state: State) -> str:
@@ -458,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = select(args.tasks, [task.dataset for grid in grids for task in grid.tasks], "task")
     options = Options(args.launcher, args.n_jobs, tuple(args.overrides))
     root = args.root.resolve()
-    logs: dict[Run, Path] = {}
+    logs: dict[Run, Attempt] = {}
     launched: list[Run] = []
     for grid in grids:
         tasks = [task for task in grid.tasks if wanted is None or task.dataset in wanted]

@@ -3,23 +3,32 @@
 A checkpoint holds the model, optimizer and scheduler state, the trainer's position (step, epoch,
 batch within the epoch, smoothed loss) and every RNG state (torch CPU and CUDA, numpy, Python),
 in a form ``torch.load(weights_only=True)`` accepts. It is written to a temporary file and renamed
-into place, so a kill at any moment leaves the previous checkpoint intact; a file that does not
-load is skipped, with a warning, in favour of the one before it.
+into place, so a kill at any moment leaves the previous checkpoint intact. Beside it lies its
+SHA-256 digest (``step_*.pt.sha256``), written before the checkpoint is renamed into place, so
+every checkpoint that exists has one. A file whose bytes do not match its digest (altered,
+truncated), that does not load, or that loads but is not a checkpoint of this harness is skipped,
+with a warning, in favour of the one before it.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 import random
 import re
 import warnings
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
+from .files import remove_temporary_files, write_atomically, write_with
+
 CHECKPOINT_DIR = "checkpoints"
+DIGEST_SUFFIX = ".sha256"
+# What Trainer.checkpoint_payload writes: a file without these keys is not one of our checkpoints.
+PAYLOAD_KEYS = frozenset({"model", "optimizer", "scheduler", "trainer", "rng"})
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -53,19 +62,40 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / CHECKPOINT_DIR / f"step_{step:09d}.pt"
 
 
+def digest_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + DIGEST_SUFFIX)
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def save_checkpoint(run_dir: Path, step: int, payload: dict[str, Any], keep: int) -> Path:
-    """Write ``payload`` atomically as the checkpoint of ``step``; keep the newest ``keep``."""
+    """Write ``payload`` atomically as the checkpoint of ``step``, with its digest; keep the
+    newest ``keep``. A failed write (a full disk) leaves the earlier checkpoints as they were."""
     path = checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # The digest goes first: a kill between the two writes leaves a digest without a checkpoint
+    # (ignored), never a checkpoint without its digest.
+    write_with(path, lambda f: _save_with_digest(payload, f, digest_path(path)))
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+        digest_path(old).unlink(missing_ok=True)
     return path
+
+
+def _save_with_digest(payload: dict[str, Any], f: BinaryIO, digest: Path) -> None:
+    try:
+        torch.save(payload, f)
+    except RuntimeError as error:
+        # torch's zip writer reports a write that failed (a full disk) as an inconsistent file
+        # position when it closes the archive; the OSError underneath says what happened.
+        if isinstance(error.__context__, OSError):
+            raise error.__context__ from None
+        raise
+    f.flush()
+    write_atomically(digest, file_digest(Path(f.name)) + "\n")
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -77,11 +107,42 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    """The newest checkpoint that loads, or ``None`` when there is none."""
+def remove_unfinished_writes(run_dir: Path) -> None:
+    """Delete what an interrupted save left: temporary files, digests without a checkpoint."""
+    folder = run_dir / CHECKPOINT_DIR
+    remove_temporary_files(folder)
+    if folder.is_dir():
+        for digest in folder.glob(f"step_*.pt{DIGEST_SUFFIX}"):
+            if not digest.with_name(digest.name.removesuffix(DIGEST_SUFFIX)).exists():
+                digest.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, required: Collection[str] = ()) -> dict[str, Any]:
+    """The payload of checkpoint ``path`` once its bytes match its digest and it holds the keys
+    ``required`` (the runner asks for :data:`PAYLOAD_KEYS`); ``ValueError`` says why it is not
+    usable."""
+    try:
+        recorded = digest_path(path).read_text().strip()
+    except FileNotFoundError:
+        raise ValueError("it has no digest file beside it") from None
+    if file_digest(path) != recorded:
+        raise ValueError("its bytes do not match its digest (altered or truncated)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"it does not unpickle ({type(error).__name__}: {error})") from error
+    missing = sorted(set(required) - set(payload)) if isinstance(payload, dict) else sorted(required)
+    if missing:
+        raise ValueError(f"it is not a checkpoint of this harness (no {', '.join(missing)})")
+    return payload
+
+
+def load_latest_checkpoint(run_dir: Path, required: Collection[str] = ()) -> dict[str, Any] | None:
+    """The newest usable checkpoint (see :func:`load_checkpoint`), or ``None`` when there is none;
+    each one skipped is named in a warning."""
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # truncated or corrupt: fall back to the previous one
-            warnings.warn(f"checkpoint {path} does not load ({error}); trying the previous one", stacklevel=2)
+            return load_checkpoint(path, required)
+        except (OSError, ValueError) as error:
+            warnings.warn(f"checkpoint {path} does not load: {error}; trying the previous one", stacklevel=2)
     return None

@@ -9,6 +9,9 @@ anything is built.
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
+import difflib
 import enum
 import importlib
 import inspect
@@ -19,10 +22,15 @@ from typing import Any, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
+from optim import ClosureOptimizer
+from optim.presets import PAPER_PRESETS, paper_optimizer
+
 from .data.tokenizer_names import CHOICES as TOKENIZER_CHOICES
+from .param_groups import DecayScope
 
 
 class Precision(enum.Enum):
@@ -58,6 +66,7 @@ class OptimizerConfig:
     label: str = MISSING  # the column name in tables, e.g. "ADAM-SaLSa"
     build: Any = MISSING  # {_target_: ..., **kwargs}; the runner passes params=
     schedule: Optional[ScheduleConfig] = None
+    weight_decay_on: DecayScope = DecayScope.all  # matrices: nanoGPT's groups (no decay on 1-D)
 
 
 @dataclass
@@ -138,6 +147,8 @@ class ConfigError(ValueError):
 
 def check_values(cfg: DictConfig) -> None:
     """Range checks that types alone do not catch."""
+    if cfg.seed not in NAMED_RANGES["seed"]:
+        raise ConfigError(f"seed must be in {NAMED_RANGES['seed']} (numpy's seeds), got {cfg.seed}")
     trainer = cfg.trainer
     positive = {
         "trainer.batch_size": trainer.batch_size,
@@ -175,7 +186,9 @@ def check_build_blocks(cfg: DictConfig) -> None:
     """Each ``build`` block names an importable ``_target_`` that accepts its keys.
 
     ``params`` (optimizer) and ``spec`` (model) are passed by the runner and must not be set.
-    Values of keys annotated ``int``/``float``/``bool``/``str`` must have that type.
+    Values must fit the parameter's annotation (a scalar type, a ``Literal``, a tuple or list of
+    them, or a union), or, without one, the type of its default; keys named in
+    :data:`NAMED_RANGES` must lie in their range.
     """
     if OmegaConf.is_missing(cfg.model, "tokenizer"):  # a text model that leaves the choice to the user
         raise ConfigError(f"model.tokenizer must be set for model={cfg.model.name}: {TOKENIZER_CHOICES}")
@@ -199,49 +212,229 @@ def _import(key: str, dotted: str) -> Any:
 
 
 def _check_arguments(group: str, target: Any, build: dict, passed_by_runner: set[str]) -> None:
-    signature = inspect.signature(target)
-    parameters = signature.parameters
+    parameters = inspect.signature(target).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    try:
-        hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
-    except Exception:  # unresolvable annotations: skip the type check, keep the key check
-        hints = {}
+    receiver = _receiver_of_extra_keys(target, build)
     for key, value in build.items():
         if key.startswith("_"):
             continue
+        name = f"{group}.build.{key}"
         if key in passed_by_runner:
-            raise ConfigError(f"{group}.build.{key} is passed by the runner; remove it from the config")
-        if key not in parameters and not takes_any:
+            raise ConfigError(f"{name} is passed by the runner; remove it from the config")
+        if key in parameters and parameters[key].kind is not inspect.Parameter.VAR_KEYWORD:
+            owner = target
+        elif receiver is not None:
+            owner = receiver
+        elif takes_any:
+            continue  # handed on to something unknown, which checks it
+        else:
             known = sorted(k for k in parameters if k not in passed_by_runner and k != "self")
-            raise ConfigError(
-                f"{group}.build.{key}: {build['_target_']} has no parameter {key!r}; known: {known}"
-            )
-        expected = _scalar_types(hints.get(key))
-        if expected and value is not None and not any(_matches(value, t) for t in expected):
-            names = " or ".join(t.__name__ for t in expected)
-            raise ConfigError(f"{group}.build.{key} must be {names}, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{name}: {build['_target_']} has no parameter {key!r}; known: {known}")
+        owner_parameters = inspect.signature(owner).parameters
+        if key not in owner_parameters:
+            known = sorted(k for k in owner_parameters if k not in passed_by_runner and k != "self")
+            raise ConfigError(f"{name}: {owner.__qualname__} (which {build['_target_']} passes it to) "
+                              f"has no parameter {key!r}; known: {known}")
+        allowed = _type_problem(value, _hints(owner).get(key), owner_parameters[key].default)
+        if allowed is None and key in NAMED_RANGES and _is_number(value) and value not in NAMED_RANGES[key]:
+            allowed = f"in {NAMED_RANGES[key]}"
+        if allowed is not None:
+            raise ConfigError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
 
+
+def _receiver_of_extra_keys(target: Any, build: dict) -> Any:
+    """What a target's ``**kwargs`` go to, when it is known: ``paper_optimizer`` hands them to its
+    preset's class, whose signature then checks them."""
+    if target is not paper_optimizer:
+        return None
+    if build.get("preset") not in PAPER_PRESETS:
+        raise ConfigError(f"optimizer.build.preset must be {_one_of([repr(p) for p in PAPER_PRESETS])}, "
+                          f"got {build.get('preset')!r}")
+    return PAPER_PRESETS[build["preset"]][0]
+
+
+def _hints(target: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:  # unresolvable annotations: the defaults stand in for them
+        return {}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A range of numbers; ``open_low``/``open_high`` leave out an end."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        low, high = (str(int(x)) if float(x).is_integer() else f"{x:g}" for x in (self.low, self.high))
+        return f"{'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
+
+
+# A build key of one of these names means the same thing in every builder (one name for one
+# idea), so its range is checked here, before anything is built, rather than by the library that
+# receives it (numpy's seeds, scikit-learn's split, torch's dropout), in the library's words.
+NAMED_RANGES = {
+    "seed": Interval(0, 2**32 - 1),
+    "val_fraction": Interval(0.0, 1.0, open_low=True, open_high=True),
+    "dropout": Interval(0.0, 1.0),
+}
 
 _SCALARS = (int, float, bool, str)
 
 
-def _scalar_types(hint: Any) -> tuple[type, ...]:
-    """The YAML scalar types a parameter accepts, or () when its annotation admits more (then
-    the target itself checks the value)."""
+def _type_problem(value: Any, hint: Any, default: Any = inspect.Parameter.empty) -> str | None:
+    """What ``value`` must be instead ("float", "'adam' or 'sgd'"), or ``None`` when it fits
+    ``hint`` (or when the hint admits more than a YAML value can be; then the target checks it).
+    Without a hint, the default's type stands in: a bool, a number, a string, or a list of so many
+    numbers."""
+    if hint is None:
+        hint = _hint_from_default(default)
+    if hint is None or hint is Any:
+        return None
+    if value is None:  # often an interpolation left unset (${model.tokenizer}): the target says what it needs
+        return None
+    return None if _fits(value, hint) is not False else _describe(hint)
+
+
+def _fits(value: Any, hint: Any) -> bool | None:
+    """Whether ``value`` fits ``hint``; ``None`` when the hint is beyond what can be judged here."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint in _SCALARS:
-        return (hint,)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        options = [a for a in typing.get_args(hint) if a is not type(None)]
-        scalars = tuple(a for a in options if a in _SCALARS)
+        return _matches(value, hint)
+    if origin is typing.Literal:
+        return any(type(value) is type(option) and value == option for option in args)
+    if origin in (typing.Union, types.UnionType):
         # A tensor alternative (torch's `lr: float | Tensor`) cannot come from a YAML file.
-        if scalars and all(a in _SCALARS or a is torch.Tensor for a in options):
-            return scalars
-    return ()
+        verdicts = [_fits(value, a) for a in args if a is not type(None) and a is not torch.Tensor]
+        return True if any(v is True for v in verdicts) else (None if None in verdicts else False)
+    if origin in (tuple, list, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                return False
+            verdicts = [_fits(v, a) for v, a in zip(value, args)]
+        else:
+            verdicts = [_fits(v, args[0]) for v in value] if args else []
+        return False if False in verdicts else (None if None in verdicts else True)
+    return None
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in _SCALARS:
+        return hint.__name__
+    if origin is typing.Literal:
+        return _one_of([repr(a) for a in args])
+    if origin in (typing.Union, types.UnionType):
+        return _one_of([_describe(a) for a in args if a is not torch.Tensor])
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
+    if origin in (tuple, list, collections.abc.Sequence):
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if hint is type(None):
+        return "null"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _one_of(options: list[str]) -> str:
+    return options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+
+
+def _hint_from_default(default: Any) -> Any:
+    if isinstance(default, bool):
+        return bool
+    if _is_number(default):
+        return float  # any number: an int default does not forbid a fraction
+    if isinstance(default, str):
+        return str
+    if isinstance(default, tuple) and default and all(_is_number(d) for d in default):
+        return tuple[(float,) * len(default)]
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _matches(value: Any, expected: type) -> bool:
     if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return _is_number(value)
     if expected is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, expected)
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Every key outside the free-form ``build`` blocks is in the schema. Hydra lets ``+key=value``
+    add a key to a structured config (its own advice after a misspelt one), which would otherwise
+    be ignored silently."""
+    _check_known(cfg, RunConfig, "")
+
+
+def _check_known(node: DictConfig, schema: type, prefix: str) -> None:
+    fields = typing.get_type_hints(schema)
+    for key, child in node.items_ex(resolve=False):  # unresolved: a ??? value is checked elsewhere
+        name = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"did you mean {prefix}{close[0]}? " if close else ""
+            raise ConfigError(
+                f"{name}={child} is not a setting (added with +?); {hint}"
+                f"{prefix.rstrip('.') or 'the top level'} has: {', '.join(fields)}"
+            )
+        nested = _dataclass_of(fields[key])
+        if nested is not None and isinstance(child, DictConfig) and child != None:  # noqa: E711 (a None node)
+            _check_known(child, nested, f"{name}.")
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass that ``hint`` is, or that an ``Optional[...]`` of it holds."""
+    candidates = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """Build the optimizer on a one-element stand-in parameter, so that a value its constructor
+    rejects fails now, before the data and the model are built. The message names the key whose
+    removal lets it build, and quotes the library's reason."""
+    build = OmegaConf.to_container(cfg.optimizer.build, resolve=True)
+    try:
+        optimizer = _construct(build)
+    except Exception as error:  # whatever the library raises for a value it rejects
+        reason = str(error) if isinstance(error, (ValueError, TypeError)) else f"{type(error).__name__}: {error}"
+        culprit = next((key for key in build if not key.startswith("_") and _builds(build, without=key)), None)
+        where = f"optimizer.build.{culprit}={build[culprit]!r}" if culprit else "optimizer.build"
+        raise ConfigError(f"{where} is rejected by {build['_target_']}: {reason}") from error
+    if cfg.optimizer.schedule is not None and isinstance(optimizer, ClosureOptimizer):
+        raise ConfigError(f"optimizer={cfg.optimizer.name} chooses its own step size; set optimizer.schedule=null")
+
+
+def _construct(build: dict) -> torch.optim.Optimizer:
+    return instantiate(build, _partial_=True, _convert_="all")(params=[torch.nn.Parameter(torch.zeros(1))])
+
+
+def _builds(build: dict, without: str) -> bool:
+    try:
+        _construct({k: v for k, v in build.items() if k != without})
+    except Exception:
+        return False
+    return True
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every check that needs no data, model or run directory, in the order a user fixes them:
+    unknown keys, values, the build blocks' keys and types, the optimizer's values."""
+    check_known_keys(cfg)
+    check_values(cfg)
+    check_build_blocks(cfg)
+    check_optimizer(cfg)

@@ -4,7 +4,10 @@ A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (
 per logged step or evaluation, flushed at least every ``FLUSH_SECONDS`` and before every checkpoint,
 so a crash keeps what was logged: at most the last second of rows, and never a row that a resume
 from the last checkpoint would not log again) and
-``summary.json`` (written atomically at the end, and as ``status: running`` at the start).
+``summary.json`` (written atomically: small, as ``status: running``, before the run starts, and
+in full at the end). When the disk is full at the end, the summary is overwritten in place, within
+the space the first one holds, with as much as fits: its status and error come first, so the
+record still says how the run ended.
 """
 
 from __future__ import annotations
@@ -14,28 +17,19 @@ import math
 import netrc
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
+from .files import overwrite_in_place, write_atomically
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 FLUSH_SECONDS = 1.0  # a write per row costs a system call, ~1 % of a small model's step
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see a
-    half-written file, and a crash leaves the previous version."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _jsonable(value: Any) -> Any:
@@ -51,13 +45,32 @@ class MetricsSink(Protocol):
 
 
 class RunRecord:
-    """The local record of one run: config, metrics rows and summary."""
+    """The local record of one run: config, metrics rows and summary.
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, resume_from_step: int | None = None) -> None:
+    Making one writes nothing: the runner writes the small ``running`` summary first and then
+    :meth:`start` writes the rest, so that a failure to write even that leaves the directory as
+    it was."""
+
+    def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
         self.metrics_path = run_dir / METRICS
+        self.has_begun = False  # whether this process has written the summary
+        self._file: IO[str] | None = None
+        self._flushed_at = time.monotonic()
+
+    def has_summary(self) -> bool:
+        """Whether the directory holds a summary already (of an earlier process: a resume)."""
+        return (self.run_dir / SUMMARY).exists()
+
+    def start(self, cfg: DictConfig, resume_from_step: int | None = None,
+              invocation: Mapping[str, str] | None = None) -> None:
+        """Write the config and open the metrics (after the rows up to ``resume_from_step``, when
+        resuming). ``invocation`` maps file names (relative to the run directory) to texts that
+        record how the run was started (Hydra's ``.hydra/`` files)."""
+        for name, text in (invocation or {}).items():
+            (self.run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(self.run_dir / name, text)
+        write_atomically(self.run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
         if resume_from_step is not None:
             self._truncate_after(resume_from_step)
         self._file = open(self.metrics_path, "a")
@@ -77,16 +90,49 @@ class RunRecord:
 
     def flush(self) -> None:
         """Hand the rows logged so far to the operating system (they survive a killed process)."""
-        self._file.flush()
+        if self._file is not None:
+            self._file.flush()
         self._flushed_at = time.monotonic()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        text = json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2)
-        write_atomically(self.run_dir / SUMMARY, text + "\n")
+        """Replace the summary; on a full disk, overwrite it in place with what fits."""
+        path = self.run_dir / SUMMARY
+        try:
+            write_atomically(path, _summary_text(summary))
+        except OSError:
+            if not (path.exists() and _overwrite_with_what_fits(path, summary)):
+                raise
+        self.has_begun = True
 
     def finish(self, summary: dict[str, Any]) -> None:
-        self._file.close()
+        """Close the metrics and write the final summary. A full disk that loses the last
+        unflushed rows is noted in the summary rather than raised over the run's own outcome."""
+        try:
+            if self._file is not None:
+                self._file.close()
+        except OSError as error:
+            summary = {**summary, "metrics_error": f"{type(error).__name__}: {error}"}
         self.write_summary(summary)
+
+
+def _summary_text(summary: Mapping[str, Any]) -> str:
+    return json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n"
+
+
+def _overwrite_with_what_fits(path: Path, summary: dict[str, Any]) -> bool:
+    """Overwrite ``path`` in place with as much of ``summary`` as fits in its size: the status,
+    the error (cut short if need be), then the other fields in order."""
+    room = path.stat().st_size
+    kept: dict[str, Any] = {"status": summary.get("status", "failed")}
+    error = str(summary.get("error", ""))
+    while error and (overflow := len(_summary_text({**kept, "error": error}).encode()) - room) > 0:
+        error = error[: len(error) - overflow]  # JSON escapes may take a second cut
+    if error:
+        kept["error"] = error
+    for key, value in summary.items():
+        if key not in kept and len(_summary_text({**kept, key: value}).encode()) <= room:
+            kept[key] = value
+    return overwrite_in_place(path, _summary_text(kept))
 
 
 def _row_step(line: str) -> float:
@@ -98,6 +144,26 @@ def _row_step(line: str) -> float:
         return math.inf
 
 
+# wandb's own spellings of the modes in WANDB_MODE, and what they mean here.
+_WANDB_MODES = {"online": "online", "run": "online", "offline": "offline", "dryrun": "offline",
+                "disabled": "disabled"}
+
+
+def wandb_mode(settings: DictConfig) -> str:
+    """The mode wandb runs in: ``WANDB_MODE`` from the environment when set (the usual way to
+    take a cluster job offline), else ``logger.wandb.mode``. The check and the sink both use this,
+    so that what was checked is what runs."""
+    from_env = os.environ.get("WANDB_MODE")
+    if from_env:
+        if from_env not in _WANDB_MODES:
+            raise ConfigError(
+                f"WANDB_MODE={from_env!r} in the environment: must be one of {sorted(_WANDB_MODES)}, "
+                "or unset it to use logger.wandb.mode"
+            )
+        return _WANDB_MODES[from_env]
+    return settings.mode.value if hasattr(settings.mode, "value") else str(settings.mode)
+
+
 def check_wandb(settings: DictConfig) -> None:
     """Fail before any work when wandb cannot log as configured: not installed, or online with
     no credentials (``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc)."""
@@ -105,10 +171,10 @@ def check_wandb(settings: DictConfig) -> None:
         import wandb  # noqa: F401
     except ImportError as error:
         raise ConfigError("logger=wandb needs the wandb package: pip install -e '.[wandb]'") from error
-    mode = settings.mode.value if hasattr(settings.mode, "value") else str(settings.mode)
-    if mode == "online" and os.environ.get("WANDB_MODE") not in ("offline", "disabled") and not _wandb_key_known():
+    if wandb_mode(settings) == "online" and not _wandb_key_known():
+        source = "WANDB_MODE=online" if os.environ.get("WANDB_MODE") else "logger.wandb.mode=online"
         raise ConfigError(
-            "logger.wandb.mode=online needs credentials: run `wandb login` or set WANDB_API_KEY; "
+            f"{source} needs credentials: run `wandb login` or set WANDB_API_KEY; "
             "or use logger.wandb.mode=offline (sync later with `wandb sync`) or disabled"
         )
 
@@ -129,9 +195,8 @@ class WandbSink:
     def __init__(self, settings: DictConfig, cfg: DictConfig, run_dir: Path, name: str) -> None:
         import wandb
 
-        mode = settings.mode.value if hasattr(settings.mode, "value") else str(settings.mode)
         self.run = wandb.init(
-            mode=mode,
+            mode=wandb_mode(settings),
             project=settings.project,
             entity=settings.entity,
             group=settings.group,

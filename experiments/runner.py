@@ -1,17 +1,24 @@
 """Builds a run from its config, trains it, and writes its record.
 
-config -> (checks) -> data -> model -> optimizer (+ schedule) -> loggers -> trainer -> summary.
-Everything that can be wrong with the config is checked before the data is touched; the run
-directory gets ``summary.json`` with ``status: running`` at the start and ``finished`` or
-``failed`` (with the error) at the end.
+config -> (checks) -> claim of the run directory -> (record checks) -> data -> model -> optimizer
+(+ schedule) -> loggers -> trainer -> summary.
+
+Everything that can be wrong with the config is checked before the run directory is touched,
+and the record in it (another writer, a record a fresh run would overwrite, a resume that changes
+the trajectory or has no usable checkpoint) before anything is built: a refused run writes
+nothing. Once the data, model and optimizer are built, the run directory gets a small
+``summary.json`` with ``status: running``, and ``finished``, ``failed`` or ``interrupted`` (with
+the error) at the end, whatever ends the run, SIGTERM and a full disk included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import math
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +28,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from optim import ClosureOptimizer
-
-from . import distributed
-from .checkpoint import load_latest_checkpoint
-from .config import ConfigError, Device, check_build_blocks, check_values
-from .logging import SUMMARY, Loggers, MetricsSink, RunRecord, WandbSink, check_wandb
+from . import distributed, signals
+from .checkpoint import PAYLOAD_KEYS, load_latest_checkpoint
+from .config import ConfigError, Device, check_config
+from .data import DataBundle
+from .logging import Loggers, RunRecord, WandbSink, check_wandb
 from .param_groups import DecayScope, parameter_groups
+from .run_dir import Claim, RunRefused, check_record, claimed, refuse_unusable_checkpoints
 from .trainer import Interrupted, Trainer
 
 
@@ -81,41 +88,63 @@ def build(cfg: DictConfig, group: str, **objects: Any) -> Any:
         raise ConfigError(f"{group}.build: {error}") from error
 
 
-def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """A fresh run must not write into the record of another one."""
-    if not resume and (run_dir / SUMMARY).exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run record; pass trainer.resume=true to continue it, "
-            "or choose another hydra.run.dir"
-        )
-
-
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path, *, own_dir: bool = False,
+        invocation: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Train the run described by ``cfg`` in ``run_dir``; returns its summary.
+
+    ``own_dir``: the caller made ``run_dir`` for this run (Hydra does), so a refused run removes
+    it again. ``invocation``: files that record how the run was started (see :class:`RunRecord`).
 
     Under ``torchrun`` every rank calls this: each joins the process group, trains its shard of
     the data through DistributedDataParallel, and leaves the group at the end (also on failure).
-    Only rank 0 writes the run record, wandb and the checkpoints, in rank 0's ``run_dir``.
+    Only rank 0 claims the run directory and writes the run record, wandb and the checkpoints, in
+    rank 0's ``run_dir``.
     """
-    process = distributed.setup(pick_device(cfg.trainer.device))
-    try:
-        return _run(cfg, Path(distributed.broadcast_from_main(str(run_dir))), process)
-    finally:
-        distributed.teardown()
+    # Rank 0 alone claims the directory, first: it alone writes there, and a refused run (a bad
+    # config included) then leaves the directory as it found it.
+    claim = claimed(run_dir, own_dir) if distributed.is_main_process() else contextlib.nullcontext()
+    with signals.sigterm_raises(_stopped_before_training), claim as held:
+        process = distributed.setup(pick_device(cfg.trainer.device))
+        try:
+            run_dir = Path(distributed.broadcast_from_main(str(run_dir)))
+            check_config(cfg)
+            if cfg.logger.wandb is not None:
+                check_wandb(cfg.logger.wandb)
+            checkpoint = _agreed_resume_point(cfg, run_dir, process)
+            return _run(cfg, run_dir, process, checkpoint, held, invocation)
+        finally:
+            distributed.teardown()
 
 
-def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process) -> dict[str, Any]:
-    check_values(cfg)
-    if cfg.trainer.threads is not None:  # before the data and model: building them uses threads too
-        torch.set_num_threads(cfg.trainer.threads)
-    check_build_blocks(cfg)
-    check_run_dir(run_dir, cfg.trainer.resume)
-    if cfg.logger.wandb is not None:
-        check_wandb(cfg.logger.wandb)
-    distributed.barrier()  # every rank has checked run_dir before rank 0 writes to it
+def _stopped_before_training() -> Interrupted:
+    return Interrupted("stopped by SIGTERM before training began in this process; "
+                       "start it again with trainer.resume=true")
+
+
+def _agreed_resume_point(cfg: DictConfig, run_dir: Path, process: distributed.Process) -> dict[str, Any] | None:
+    """The checkpoint to continue from (``None``: step 0), after rank 0, which holds the claim,
+    has checked the record; every rank refuses together when rank 0 refuses."""
+    refusal = ""
+    if process.is_main:
+        try:
+            check_record(run_dir, cfg)
+        except RunRefused as error:
+            refusal = str(error)
+    refusal = distributed.broadcast_from_main(refusal)
+    if refusal:
+        raise RunRefused(refusal)
+    if not cfg.trainer.resume:
+        return None
+    checkpoint = load_latest_checkpoint(run_dir, PAYLOAD_KEYS)
+    if checkpoint is None:
+        refuse_unusable_checkpoints(run_dir)
+    return checkpoint
+
+
+def _build(cfg: DictConfig, process: distributed.Process) -> tuple[DataBundle, Any, Any, Any]:
+    """The data, the model, the module the closure calls (the model or its DDP wrapper) and the
+    optimizer."""
     device = process.device
-    seed_everything(cfg.seed)  # the same seed on every rank: the same initial model
-
     data = build(cfg, "dataset")
     model = build(cfg, "model", spec=data.spec).to(device)
     forward_model = model  # the trainer saves `model`'s state; the closure calls its DDP wrapper
@@ -123,48 +152,70 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process) -> dict[s
         device_ids = [device.index] if device.type == "cuda" else None
         forward_model = DistributedDataParallel(model, device_ids=device_ids)
     optimizer = build(cfg, "optimizer", params=parameter_groups(model, DecayScope(cfg.optimizer.weight_decay_on)))
-    if cfg.optimizer.schedule is not None and isinstance(optimizer, ClosureOptimizer):
-        raise ConfigError(
-            f"optimizer={cfg.optimizer.name} chooses its own step size; set optimizer.schedule=null"
-        )
+    return data, model, forward_model, optimizer
 
-    checkpoint = load_latest_checkpoint(run_dir) if cfg.trainer.resume else None
-    # Resuming keeps the rows up to the checkpoint (all of them are logged again otherwise).
-    resume_from_step = (checkpoint["trainer"]["step"] if checkpoint else 0) if cfg.trainer.resume else None
-    # Only rank 0 writes the record and wandb; the other ranks log nowhere.
-    record = RunRecord(run_dir, cfg, resume_from_step=resume_from_step) if process.is_main else None
-    sinks: list[MetricsSink] = []
-    if cfg.logger.wandb is not None and process.is_main:
-        sinks.append(WandbSink(cfg.logger.wandb, cfg, run_dir, name=run_dir.name))
-    loggers = Loggers(record, sinks)
 
-    trainer_cfg = OmegaConf.to_object(cfg.trainer)
-    trainer = Trainer(trainer_cfg, model, optimizer, None, data, loggers, run_dir, device, cfg.seed,
-                      forward_model=forward_model, rank=process.rank, world_size=process.world_size)
-    if cfg.optimizer.schedule is not None:
-        schedule = cfg.optimizer.schedule
-        trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, cosine_warmup(schedule.warmup_fraction, schedule.final_factor, trainer.total_steps)
-        )
-    if checkpoint is not None:
-        trainer.load(checkpoint)
-
+def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoint: dict[str, Any] | None,
+         claim: Claim | None, invocation: Mapping[str, str] | None) -> dict[str, Any]:
+    if cfg.trainer.threads is not None:  # before the data and model: building them uses threads too
+        torch.set_num_threads(cfg.trainer.threads)
     header = {
         "run_dir": str(run_dir), "optimizer": cfg.optimizer.name, "label": cfg.optimizer.label,
         "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
-        "total_steps": trainer.total_steps, "world_size": process.world_size, "versions": versions(),
+        "world_size": process.world_size, "versions": versions(),
     }
-    if record is not None:
-        record.write_summary({"status": "running", **header})
+    # Only rank 0 writes the record and wandb; the other ranks log nowhere.
+    record = RunRecord(run_dir) if process.is_main else None
+    loggers = Loggers(record, [])
+    trainer: Trainer | None = None
     started = time.perf_counter()
+    # A record that exists (a resume) says at once that it runs again, so that nothing that ends
+    # this process leaves its old status; a fresh run writes nothing until its data and model are
+    # built, so that a missing dataset leaves no trace (the claim removes what it made).
+    if record is not None and record.has_summary():
+        _begin(record, header, claim)
     try:
+        seed_everything(cfg.seed)  # the same seed on every rank: the same initial model
+        data, model, forward_model, optimizer = _build(cfg, process)
+        if record is not None and not record.has_begun:
+            _begin(record, header, claim)
+        if record is not None:
+            # Resuming keeps the rows up to the checkpoint (all of them are logged again otherwise).
+            resume_from_step = (checkpoint["trainer"]["step"] if checkpoint else 0) if cfg.trainer.resume else None
+            record.start(cfg, resume_from_step, invocation)
+            if cfg.logger.wandb is not None:
+                loggers.sinks.append(WandbSink(cfg.logger.wandb, cfg, run_dir, name=run_dir.name))
+        trainer_cfg = OmegaConf.to_object(cfg.trainer)
+        trainer = Trainer(trainer_cfg, model, optimizer, None, data, loggers, run_dir, process.device, cfg.seed,
+                          forward_model=forward_model, rank=process.rank, world_size=process.world_size)
+        header["total_steps"] = trainer.total_steps
+        if cfg.optimizer.schedule is not None:
+            schedule = cfg.optimizer.schedule
+            trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, cosine_warmup(schedule.warmup_fraction, schedule.final_factor, trainer.total_steps)
+            )
+        if checkpoint is not None:
+            trainer.load(checkpoint)
         summary = {"status": "finished", **header, **trainer.fit()}
     except BaseException as error:  # the record says what happened, then the error propagates
-        summary = {"status": "interrupted" if isinstance(error, Interrupted) else "failed", **header,
-                   "error": f"{type(error).__name__}: {error}", "steps": trainer.state.step,
-                   "final_loss": trainer.state.last_loss, "bad_steps": trainer.state.bad_steps}
+        interrupted = isinstance(error, (Interrupted, KeyboardInterrupt))
+        summary = {"status": "interrupted" if interrupted else "failed", **header,
+                   "error": f"{type(error).__name__}: {error}"}
+        if trainer is not None:
+            summary.update(steps=trainer.state.step, final_loss=trainer.state.last_loss,
+                           bad_steps=trainer.state.bad_steps)
         raise
     finally:
         summary["wall_time"] = time.perf_counter() - started
-        loggers.finish(summary)
+        if record is None or record.has_begun:  # else nothing was written, and nothing is now
+            with signals.sigterm_ignored():  # the record is written in full, whatever arrives now
+                loggers.finish(summary)
     return summary
+
+
+def _begin(record: RunRecord, header: dict[str, Any], claim: Claim | None) -> None:
+    """Write the small ``running`` summary: the record's first write, so that if even it fails
+    (a full disk) nothing was written; from then on the directory holds this run's record."""
+    record.write_summary({"status": "running", **header})
+    if claim is not None:
+        claim.keep()

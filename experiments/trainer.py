@@ -409,13 +409,16 @@ class Trainer:
                         desc="train", dynamic_ncols=True)
         with self._checkpoint_on_sigterm():
             self._train(progress)
-        progress.close()
-        # The trained model is the evaluation weights: those of the final evaluation and checkpoint.
-        self._use_weights("eval")
-        if state.last_eval_step != state.step:
-            self._record_eval()
-        if state.last_checkpoint_step != state.step:
-            self._checkpoint()
+            progress.close()
+            # The trained model is the evaluation weights: those of the final evaluation and
+            # checkpoint. A SIGTERM now lets both finish, as one during an evaluation in training
+            # does: they complete the run, and stopping between them would lose the training of
+            # a run that checkpoints only at the end.
+            self._use_weights("eval")
+            if state.last_eval_step != state.step:
+                self._record_eval()
+            if state.last_checkpoint_step != state.step:
+                self._checkpoint()
         return self.summary()
 
     def _train(self, progress: tqdm) -> None:
@@ -462,7 +465,8 @@ class Trainer:
 
     @contextlib.contextmanager
     def _checkpoint_on_sigterm(self) -> Iterator[None]:
-        """Turn SIGTERM into 'checkpoint after this step and stop' while training."""
+        """Turn SIGTERM into 'checkpoint after this step and stop' while training (and 'finish
+        the final evaluation and checkpoint' after the last step)."""
         if threading.current_thread() is not threading.main_thread():
             yield  # signal handlers can only be installed from the main thread
             return

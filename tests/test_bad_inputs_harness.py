@@ -4,13 +4,11 @@ naming what is wrong, a non-zero exit code, and no run record claiming success."
 from __future__ import annotations
 
 import json
-import runpy
-import sys
 from pathlib import Path
 
 import pytest
 
-from harness_utils import CONF
+from harness_utils import CONF, main_in_process
 
 ROOT = CONF.parent
 MISSING = "/nonexistent/data"
@@ -37,7 +35,8 @@ CASES = [
     (["optimizer=salsa_class", "+optimizer.build.cc=0.3"], "optimizer.build.cc", 2),
     (["optimizer=adam", "optimizer.build.lr=fast"], "optimizer.build.lr must be float", 2),
     (["optimizer.build._target_=optim.Nope"], "cannot import 'optim.Nope'", 2),
-    (["optimizer=adam", "optimizer.build._target_=optim.SaLSA", "~optimizer.build.lr"], "optimizer.schedule=null", 2),
+    (["optimizer=adam", "+experiment/optimizers/nlp=adam", "optimizer.build._target_=optim.SaLSA",
+      "~optimizer.build.lr"], "optimizer.schedule=null", 2),
     (["dataset=cifar10", f"data_dir={MISSING}"], f"'cifar10' not found in {MISSING}", 2),
     (["dataset=imagenet", f"data_dir={MISSING}"], "'imagenet' not found", 2),
     (["dataset=sst2", "model=small_bert"], "model.tokenizer", 2),
@@ -48,15 +47,7 @@ CASES = [
 
 
 def run_main(overrides: list[str], run_dir: Path, capsys) -> tuple[int, str]:
-    argv = sys.argv
-    sys.argv = ["main.py", *overrides, "trainer.progress=false", f"hydra.run.dir={run_dir}"]
-    try:
-        runpy.run_path(str(ROOT / "main.py"), run_name="__main__")
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    finally:
-        sys.argv = argv
+    code = main_in_process([*overrides, "trainer.progress=false", f"hydra.run.dir={run_dir}"])
     return code, capsys.readouterr().err
 
 

@@ -1,0 +1,144 @@
+"""SIGTERM and a full disk anywhere in a run: the summary ends ``interrupted`` or ``failed`` with
+the reason (or, for a run that had written nothing yet, nothing is left), no temporary file
+stays, and the checkpoints written before are intact."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import experiments.logging
+import experiments.runner
+from experiments.checkpoint import list_checkpoints, load_checkpoint
+from experiments.logging import RunRecord
+from experiments.trainer import Trainer
+
+from harness_utils import CONF, main_in_process
+
+ROOT = CONF.parent
+FAST = ["trainer.progress=false", "trainer.device=cpu"]
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def temporary_files(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.rglob("*.tmp")]
+
+
+def sigterm_while_building(monkeypatch, group: str) -> None:
+    """Deliver a real SIGTERM to this process while the runner builds ``group``."""
+    original = experiments.runner.build
+
+    def build(cfg, which, **objects):
+        if which == group:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(cfg, which, **objects)
+
+    monkeypatch.setattr(experiments.runner, "build", build)
+
+
+def test_sigterm_while_a_fresh_run_starts_leaves_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    sigterm_while_building(monkeypatch, "model")
+    code = main_in_process([*FAST, "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code == 128 + signal.SIGTERM
+    assert "interrupted: stopped by SIGTERM before training began" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # it had written nothing, and leaves nothing
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_sigterm_while_a_resume_starts_records_interrupted(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    run_dir = tmp_path / "run"
+    assert main_in_process([*FAST, "trainer.max_steps=4", "trainer.checkpoint_interval=2",
+                            f"hydra.run.dir={run_dir}"]) == 0
+    # As a kill -9 leaves it: the summary still says running.
+    (run_dir / "summary.json").write_text(json.dumps({**summary(run_dir), "status": "running"}))
+    checkpoints = {p.name: p.read_bytes() for p in list_checkpoints(run_dir)}
+    sigterm_while_building(monkeypatch, "dataset")
+    code = main_in_process([*FAST, "trainer.max_steps=8", "trainer.checkpoint_interval=2", "trainer.resume=true",
+                            f"hydra.run.dir={run_dir}"])
+    capsys.readouterr()
+    assert code == 128 + signal.SIGTERM
+    assert summary(run_dir)["status"] == "interrupted"
+    assert "SIGTERM before training began" in summary(run_dir)["error"]
+    assert {p.name: p.read_bytes() for p in list_checkpoints(run_dir)} == checkpoints
+    assert not temporary_files(run_dir)
+
+
+def test_sigterm_during_the_final_evaluation_lets_it_finish(tmp_path, monkeypatch):
+    """The last step is taken: the final evaluation and checkpoint complete the run, as an
+    evaluation during training completes before the stop."""
+    original = Trainer.evaluate
+
+    def evaluate(self):
+        if self.state.step == self.total_steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    monkeypatch.chdir(ROOT)
+    assert main_in_process([*FAST, "trainer.max_steps=5", f"hydra.run.dir={tmp_path}"]) == 0
+    assert summary(tmp_path)["status"] == "finished" and "final_val_loss" in summary(tmp_path)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000005.pt"]
+
+
+def test_a_full_disk_at_the_end_still_leaves_a_true_summary(tmp_path, monkeypatch):
+    """No room for a new summary file: the old one is overwritten in place with the status and
+    the error first, and what else fits."""
+    record = RunRecord(tmp_path)
+    record.write_summary({"status": "running", "run_dir": str(tmp_path), "optimizer": "salsa", "seed": 0,
+                          "versions": {"torch": torch.__version__}})
+
+    def no_space(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(experiments.logging, "write_atomically", no_space)
+    error = "OSError: [Errno 28] No space left on device" + " (and a long explanation)" * 20
+    record.finish({"status": "failed", "run_dir": str(tmp_path), "error": error, "steps": 7,
+                   "timing": {"data": 1.0, "step": 2.0}})
+    written = summary(tmp_path)
+    assert written["status"] == "failed" and written["error"].startswith("OSError: [Errno 28] No space left")
+    assert not temporary_files(tmp_path)
+
+
+def unshare_available() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not unshare_available(), reason="needs unprivileged user and mount namespaces (unshare -rm)")
+def test_a_real_full_disk_fails_the_run_in_one_line_and_keeps_its_checkpoints(tmp_path):
+    """A 240 KiB tmpfs fills at the third checkpoint (83 KB each): the run ends `failed` with the
+    reason, its first two checkpoints load, and no temporary file stays."""
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    run_dir = disk / "run"
+    main = [sys.executable, "main.py", *FAST, "trainer.max_steps=40", "trainer.checkpoint_interval=2",
+            f"hydra.run.dir={run_dir}"]
+    # The tmpfs lives in a mount namespace of its own, gone with it: copy the record out first.
+    script = (f"mount -t tmpfs -o size=240k tmpfs {disk} && {subprocess.list2cmdline(main)}; "
+              f"code=$?; cp -a {run_dir} {out}/run; exit $code")
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    record = out / "run"
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"failed: OSError: [Errno 28] No space left on device (record: {run_dir})"]
+    assert summary(record)["status"] == "failed" and "No space left on device" in summary(record)["error"]
+    assert [p.name for p in list_checkpoints(record)] == ["step_000000002.pt", "step_000000004.pt"]
+    assert all(load_checkpoint(p)["trainer"]["step"] in (2, 4) for p in list_checkpoints(record))
+    assert not temporary_files(record)
