@@ -17,7 +17,7 @@ EXPECTED = {"digits", "sst2", "mrpc", "qnli", "mnli", "cifar10", "cifar100", "im
 
 def resolved(path: Path) -> dict:
     """The dataset config at ``path`` with the run-level keys it interpolates filled in."""
-    run = OmegaConf.create({"model": {"tokenizer": "some-tokenizer"}, "data_dir": "/data"})
+    run = OmegaConf.create({"model": {"tokenizer": "some-tokenizer"}, "data_dir": "/data", "seed": 0})
     run.dataset = OmegaConf.load(path)
     return OmegaConf.to_container(run.dataset, resolve=True)
 

@@ -53,7 +53,9 @@ def test_default_run_learns_digits(tmp_path):
 
 
 def test_baseline_schedule_is_cosine_with_warmup(tmp_path):
-    run_config(["optimizer=adam", "optimizer.build.lr=1e-3", "trainer.max_steps=20"], tmp_path)
+    # The NLP table's Adam: cosine with 10 % warm-up (optimizer=adam alone is flat).
+    run_config(["optimizer=adam", "+experiment/optimizers/nlp=adam", "optimizer.build.lr=1e-3",
+                "trainer.max_steps=20"], tmp_path)
     lrs = [r["step_size"] for r in rows(tmp_path) if "loss" in r]
     warmup = 2  # ceil(0.1 * 20)
     # LambdaLR is stepped after each optimizer step: the lr logged at step t is factor(t).
@@ -66,7 +68,8 @@ def test_baseline_schedule_is_cosine_with_warmup(tmp_path):
 
 def test_line_search_with_a_schedule_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match="optimizer.schedule=null"):
-        run_config(["optimizer=adam", "optimizer.build._target_=optim.SaLSA", "~optimizer.build.lr"], tmp_path)
+        run_config(["optimizer=adam", "+experiment/optimizers/nlp=adam", "optimizer.build._target_=optim.SaLSA",
+                    "~optimizer.build.lr"], tmp_path)
 
 
 
