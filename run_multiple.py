@@ -383,7 +383,8 @@ def not_launched(batch: Batch, log: Path, error: OSError, logs: dict[Run, Attemp
         print(f"  {'not run':<11} {run.name} ({why})", flush=True)
 
 
-def finish(launched: Launched, grid: Grid, grid_dir: Path, options: Options, logs: dict[Run, Attempt]) -> None:
+def finish(launched: Launched, grid: Grid, grid_dir: Path, options: Options,
+           logs: dict[Run, Attempt]) -> None:
     """Report the runs of a multirun that ended; run one by one those it left without an outcome."""
     batch, returncode, log = launched.batch, launched.process.returncode, launched.log
     # A joblib multirun that died (killed, out of memory) leaves runs without an outcome. Not on
@@ -419,8 +420,10 @@ def describe_failure(run: Run, attempt: Attempt | None) -> str:
     if attempt is not None and attempt.not_launched:
         what = attempt.not_launched
     elif attempt is None or record_version(run) != attempt.before:
-        what = ("no record: it stopped before training (a config error, missing data) or never started"
-                if summary is None else summary["status"] + (f": {summary['error']}" if summary.get("error") else ""))
+        if summary is None:
+            what = "no record: it stopped before training (a config error, missing data) or never started"
+        else:
+            what = summary["status"] + (f": {summary['error']}" if summary.get("error") else "")
     else:
         cause = error_line(attempt.log, run.run_dir) or "see its log"
         what = (f"no record: {cause}" if summary is None

@@ -235,7 +235,7 @@ def _check_arguments(group: str, target: Any, build: dict, passed_by_runner: set
             known = sorted(k for k in owner_parameters if k not in passed_by_runner and k != "self")
             raise ConfigError(f"{name}: {owner.__qualname__} (which {build['_target_']} passes it to) "
                               f"has no parameter {key!r}; known: {known}")
-        allowed = _type_problem(value, _hints(owner).get(key), owner_parameters[key].default)
+        allowed = _expected_instead(value, _hints(owner).get(key), owner_parameters[key].default)
         if allowed is None and key in NAMED_RANGES and _is_number(value) and value not in NAMED_RANGES[key]:
             allowed = f"in {NAMED_RANGES[key]}"
         if allowed is not None:
@@ -244,7 +244,7 @@ def _check_arguments(group: str, target: Any, build: dict, passed_by_runner: set
 
 def _receiver_of_extra_keys(target: Any, build: dict) -> Any:
     """What a target's ``**kwargs`` go to, when it is known: ``paper_optimizer`` hands them to its
-    preset's class, whose signature then checks them."""
+    preset's class, whose signature then checks them (so its ``preset`` must be one it knows)."""
     if target is not paper_optimizer:
         return None
     if build.get("preset") not in PAPER_PRESETS:
@@ -291,7 +291,7 @@ NAMED_RANGES = {
 _SCALARS = (int, float, bool, str)
 
 
-def _type_problem(value: Any, hint: Any, default: Any = inspect.Parameter.empty) -> str | None:
+def _expected_instead(value: Any, hint: Any, default: Any = inspect.Parameter.empty) -> str | None:
     """What ``value`` must be instead ("float", "'adam' or 'sgd'"), or ``None`` when it fits
     ``hint`` (or when the hint admits more than a YAML value can be; then the target checks it).
     Without a hint, the default's type stands in: a bool, a number, a string, or a list of so many
@@ -392,12 +392,12 @@ def _check_known(node: DictConfig, schema: type, prefix: str) -> None:
                 f"{name}={child} is not a setting (added with +?); {hint}"
                 f"{prefix.rstrip('.') or 'the top level'} has: {', '.join(fields)}"
             )
-        nested = _dataclass_of(fields[key])
+        nested = dataclass_of(fields[key])
         if nested is not None and isinstance(child, DictConfig) and child != None:  # noqa: E711 (a None node)
             _check_known(child, nested, f"{name}.")
 
 
-def _dataclass_of(hint: Any) -> type | None:
+def dataclass_of(hint: Any) -> type | None:
     """The dataclass that ``hint`` is, or that an ``Optional[...]`` of it holds."""
     candidates = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
     return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
@@ -412,11 +412,14 @@ def check_optimizer(cfg: DictConfig) -> None:
         optimizer = _construct(build)
     except Exception as error:  # whatever the library raises for a value it rejects
         reason = str(error) if isinstance(error, (ValueError, TypeError)) else f"{type(error).__name__}: {error}"
-        culprit = next((key for key in build if not key.startswith("_") and _builds(build, without=key)), None)
+        keys = [key for key in build if not key.startswith("_")]
+        culprit = next((key for key in keys if _builds(build, without=key)), None)
         where = f"optimizer.build.{culprit}={build[culprit]!r}" if culprit else "optimizer.build"
         raise ConfigError(f"{where} is rejected by {build['_target_']}: {reason}") from error
     if cfg.optimizer.schedule is not None and isinstance(optimizer, ClosureOptimizer):
-        raise ConfigError(f"optimizer={cfg.optimizer.name} chooses its own step size; set optimizer.schedule=null")
+        raise ConfigError(
+            f"optimizer={cfg.optimizer.name} chooses its own step size; set optimizer.schedule=null"
+        )
 
 
 def _construct(build: dict) -> torch.optim.Optimizer:

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from .config import RunConfig
+from .config import RunConfig, dataclass_of
 
 # Keys, or whole subtrees, that a resume may change. Not trainer.eval_interval: every evaluation
 # draws a seed from the global torch RNG (DataLoader), so evaluating at other steps shifts the
@@ -101,15 +101,9 @@ def _schema_defaults(cls: type, prefix: str = "") -> dict[str, Any]:
     defaults: dict[str, Any] = {}
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        nested, value = _dataclass_in(hints[field.name]), field.default
+        nested, value = dataclass_of(hints[field.name]), field.default
         if nested is not None and (value is dataclasses.MISSING or value == MISSING):
             defaults.update(_schema_defaults(nested, f"{prefix}{field.name}."))
         elif value is not dataclasses.MISSING and value != MISSING:
             defaults[prefix + field.name] = value.name if isinstance(value, enum.Enum) else value
     return defaults
-
-
-def _dataclass_in(hint: Any) -> type | None:
-    """The dataclass that ``hint`` is, or that an ``Optional[...]`` of it holds."""
-    candidates = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
-    return next((c for c in candidates if dataclasses.is_dataclass(c)), None)

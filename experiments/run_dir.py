@@ -157,7 +157,8 @@ def refuse_unusable_checkpoints(run_dir: Path) -> None:
     found = list_checkpoints(run_dir)
     if found:
         raise RunRefused(
-            f"trainer.resume=true refused: none of the {len(found)} checkpoints in {run_dir / CHECKPOINT_DIR} "
-            "is usable (see the warnings above); the record is left as it was. Move that folder "
-            "away to start the run over from step 0, or start a new run in another directory"
+            f"trainer.resume=true refused: none of the {len(found)} checkpoints in "
+            f"{run_dir / CHECKPOINT_DIR} is usable (see the warnings above); the record is left as it "
+            "was. Move that folder away to start the run over from step 0, or start a new run in "
+            "another directory"
         )

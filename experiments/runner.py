@@ -121,7 +121,8 @@ def _stopped_before_training() -> Interrupted:
                        "start it again with trainer.resume=true")
 
 
-def _agreed_resume_point(cfg: DictConfig, run_dir: Path, process: distributed.Process) -> dict[str, Any] | None:
+def _agreed_resume_point(cfg: DictConfig, run_dir: Path,
+                         process: distributed.Process) -> dict[str, Any] | None:
     """The checkpoint to continue from (``None``: step 0), after rank 0, which holds the claim,
     has checked the record; every rank refuses together when rank 0 refuses."""
     refusal = ""

@@ -61,7 +61,8 @@ def test_altered_tensor_bytes_are_detected_and_the_run_resumes_from_the_intact_o
     altered = torch.load(newest, weights_only=True)["model"]  # torch itself loads it without a word
     original = torch.load(list_checkpoints(recorded)[-1], weights_only=True)["model"]
     assert any(not torch.equal(altered[k], original[k]) for k in original)
-    with pytest.warns(UserWarning, match="step_000000006.pt does not load: its bytes do not match its digest"):
+    digest_mismatch = "step_000000006.pt does not load: its bytes do not match its digest"
+    with pytest.warns(UserWarning, match=digest_mismatch):
         assert load_latest_checkpoint(record)["trainer"]["step"] == 3
     with pytest.warns(UserWarning, match="do not match its digest"):
         assert resume(record) == 0

@@ -67,8 +67,8 @@ def test_sigterm_while_a_resume_starts_records_interrupted(tmp_path, monkeypatch
     (run_dir / "summary.json").write_text(json.dumps({**summary(run_dir), "status": "running"}))
     checkpoints = {p.name: p.read_bytes() for p in list_checkpoints(run_dir)}
     sigterm_while_building(monkeypatch, "dataset")
-    code = main_in_process([*FAST, "trainer.max_steps=8", "trainer.checkpoint_interval=2", "trainer.resume=true",
-                            f"hydra.run.dir={run_dir}"])
+    code = main_in_process([*FAST, "trainer.max_steps=8", "trainer.checkpoint_interval=2",
+                            "trainer.resume=true", f"hydra.run.dir={run_dir}"])
     capsys.readouterr()
     assert code == 128 + signal.SIGTERM
     assert summary(run_dir)["status"] == "interrupted"
@@ -113,13 +113,54 @@ def test_a_full_disk_at_the_end_still_leaves_a_true_summary(tmp_path, monkeypatc
     assert not temporary_files(tmp_path)
 
 
+class FullAfter:
+    """A file that takes ``room`` more bytes, then fails as a full disk does."""
+
+    def __init__(self, file, room: int) -> None:
+        self.file, self.room = file, room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def test_a_disk_that_fills_during_a_checkpoint_fails_the_run_in_one_line(tmp_path, monkeypatch, capsys):
+    """The checkpoint of step 4 meets a full disk half-way (torch then reports the OSError as a
+    RuntimeError of its zip writer): the run ends `failed` with the OSError, in one line, the
+    half-written file is gone and the checkpoint of step 2 is intact."""
+    real_save = torch.save
+
+    def save(payload, f, *args, **kwargs):
+        full = isinstance(payload, dict) and payload.get("trainer", {}).get("step") == 4
+        return real_save(payload, FullAfter(f, 20_000) if full else f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    monkeypatch.chdir(ROOT)
+    code = main_in_process([*FAST, "trainer.max_steps=6", "trainer.checkpoint_interval=2",
+                            f"hydra.run.dir={tmp_path}"])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"failed: OSError: [Errno 28] No space left on device (record: {tmp_path})"]
+    assert summary(tmp_path)["status"] == "failed" and summary(tmp_path)["steps"] == 4
+    assert summary(tmp_path)["error"] == "OSError: [Errno 28] No space left on device"
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000002.pt"]
+    assert load_checkpoint(list_checkpoints(tmp_path)[0])["trainer"]["step"] == 2
+    assert not temporary_files(tmp_path)
+
+
 def unshare_available() -> bool:
     if shutil.which("unshare") is None:
         return False
     return subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not unshare_available(), reason="needs unprivileged user and mount namespaces (unshare -rm)")
+@pytest.mark.slow
+@pytest.mark.skipif(not unshare_available(), reason="needs unprivileged user and mount namespaces")
 def test_a_real_full_disk_fails_the_run_in_one_line_and_keeps_its_checkpoints(tmp_path):
     """A 240 KiB tmpfs fills at the third checkpoint (83 KB each): the run ends `failed` with the
     reason, its first two checkpoints load, and no temporary file stays."""

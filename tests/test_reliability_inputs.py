@@ -33,12 +33,14 @@ CASES = [
      ["optimizer.build.grad_term must be 'squared' or 'norm', got str 'cube'"]),
     (["optimizer=adam", "+optimizer.build.betas=[0.9,fast]"],
      ["optimizer.build.betas must be a list of 2 (float, float), got list [0.9, 'fast']"]),
-    (["optimizer=adam", "+optimizer.build.amsgrad=yes"], ["optimizer.build.amsgrad must be bool, got str 'yes'"]),
-    (["optimizer=sgd", "optimizer.build.momentum=[0.9]"], ["optimizer.build.momentum must be float, got list [0.9]"]),
+    (["optimizer=adam", "+optimizer.build.amsgrad=yes"],
+     ["optimizer.build.amsgrad must be bool, got str 'yes'"]),
+    (["optimizer=sgd", "optimizer.build.momentum=[0.9]"],
+     ["optimizer.build.momentum must be float, got list [0.9]"]),
     (["optimizer=l4_adam", "optimizer.build.tau=long"], ["optimizer.build.tau must be float, got str 'long'"]),
     # Keys a factory hands on (the paper's presets) are checked against the class they reach.
-    (["+optimizer.build.cc=0.3"], ["optimizer.build.cc: SaLSA (which optim.presets.paper_optimizer passes it to) "
-                                   "has no parameter 'cc'"]),
+    (["+optimizer.build.cc=0.3"],
+     ["optimizer.build.cc: SaLSA (which optim.presets.paper_optimizer passes it to)", "no parameter 'cc'"]),
     (["optimizer.build.preset=adamslss"], ["optimizer.build.preset must be", "'adamsls'", "got 'adamslss'"]),
     # Values the optimizer's constructor rejects: caught on a stand-in before the data is built.
     (["optimizer=adam", "optimizer.build.lr=-1"],
@@ -56,7 +58,8 @@ CASES = [
     (["dataset.build.val_fraction=most"], ["dataset.build.val_fraction must be float, got str 'most'"]),
     (["model.build.dropout=1.5"], ["model.build.dropout must be in [0, 1], got float 1.5"]),
     (["model.build.batch_norm=maybe"], ["model.build.batch_norm must be bool, got str 'maybe'"]),
-    (["model.build.channels=[16,wide]"], ["model.build.channels must be a list of int, got list [16, 'wide']"]),
+    (["model.build.channels=[16,wide]"],
+     ["model.build.channels must be a list of int, got list [16, 'wide']"]),
 ]
 
 
@@ -93,8 +96,8 @@ def test_an_empty_run_dir_is_refused_and_the_working_directory_stays_empty(tmp_p
     monkeypatch.chdir(tmp_path)  # main.py finds conf/ beside itself, not in the working directory
     code, lines = run_main(["trainer.max_steps=1", "hydra.run.dir="], capsys)
     assert code == 2
-    assert lines == [f"error: hydra.run.dir is empty: the record would be written into the working directory; "
-                     f"give a folder, e.g. hydra.run.dir=outputs/<name> (run: {tmp_path})"]
+    assert lines == ["error: hydra.run.dir is empty: the record would be written into the working "
+                     f"directory; give a folder, e.g. hydra.run.dir=outputs/<name> (run: {tmp_path})"]
     assert not any(tmp_path.iterdir())
 
 

@@ -15,7 +15,8 @@ from experiments.resume import RESUMABLE, trajectory_changes
 from harness_utils import CONF, compose_run_config, main_in_process
 
 ROOT = CONF.parent
-BASE = ["trainer.progress=false", "trainer.device=cpu", "trainer.max_steps=4", "trainer.checkpoint_interval=2"]
+BASE = ["trainer.progress=false", "trainer.device=cpu", "trainer.max_steps=4",
+        "trainer.checkpoint_interval=2"]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -84,7 +85,8 @@ def test_a_key_the_record_predates_counts_as_its_default():
     recorded = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     del recorded["trainer"]["accumulation_steps"]  # 1 by default
     assert trajectory_changes(recorded, cfg) == []
-    changed = trajectory_changes(recorded, compose_run_config(["trainer.max_steps=4", "trainer.accumulation_steps=3"]))
+    accumulating = compose_run_config(["trainer.max_steps=4", "trainer.accumulation_steps=3"])
+    changed = trajectory_changes(recorded, accumulating)
     assert [(c.key, c.recorded, c.requested) for c in changed] == [("trainer.accumulation_steps", 1, 3)]
 
 

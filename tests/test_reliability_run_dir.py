@@ -97,7 +97,8 @@ def test_the_next_writer_clears_what_interrupted_writes_left(record, capsys):
               record / "checkpoints" / "step_000000004.pt.sha256"]  # a digest whose checkpoint never came
     for path in litter:
         path.write_bytes(b"half")
-    assert main_in_process([*FAST, "trainer.max_steps=3", "trainer.resume=true", f"hydra.run.dir={record}"]) == 0
+    assert main_in_process([*FAST, "trainer.max_steps=3", "trainer.resume=true",
+                            f"hydra.run.dir={record}"]) == 0
     capsys.readouterr()
     assert not any(path.exists() for path in litter)
     assert json.loads((record / "summary.json").read_text())["steps"] == 3
@@ -115,7 +116,8 @@ def test_two_processes_started_into_one_directory(tmp_path):
         time.sleep(0.05)
     for extra in ([], ["trainer.resume=true"]):
         second = subprocess.run(cmd + extra, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert second.returncode == 2 and f"{tmp_path} is being written by process {first.pid}" in second.stderr
+        assert second.returncode == 2
+        assert f"{tmp_path} is being written by process {first.pid}" in second.stderr
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=120) == 128 + signal.SIGTERM, first.stderr.read()
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,23 +18,26 @@ from harness_utils import CONF, main_in_process
 
 ROOT = CONF.parent
 FAST = ["trainer.progress=false", "trainer.device=cpu", "trainer.max_steps=1"]
+NAMES = "${dataset.name}-${model.name}-${optimizer.name}-seed${seed}"  # conf/config.yaml's sweep subdir
 
 
-def test_a_sweep_over_a_key_missing_from_the_folder_names_refuses_before_starting(tmp_path, monkeypatch, capsys):
+def test_a_sweep_over_a_key_missing_from_the_folder_names_refuses_before_starting(tmp_path, monkeypatch,
+                                                                                    capsys):
     monkeypatch.chdir(ROOT)
     sweep = tmp_path / "sweep"
-    code = main_in_process(["-m", *FAST, "optimizer=adam", "optimizer.build.lr=0.1,0.05", f"hydra.sweep.dir={sweep}"])
+    code = main_in_process(["-m", *FAST, "optimizer=adam", "optimizer.build.lr=0.1,0.05",
+                            f"hydra.sweep.dir={sweep}"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert ("error: main.py -m sweeps optimizer.build.lr, which the runs' folder names "
-            "(hydra.sweep.subdir=${dataset.name}-${model.name}-${optimizer.name}-seed${seed}) do not contain") in err
-    assert "hydra.sweep.subdir=${dataset.name}-${model.name}-${optimizer.name}-seed${seed}-lr${optimizer.build.lr}" in err
+            f"(hydra.sweep.subdir={NAMES}) do not contain") in err
+    assert f"hydra.sweep.subdir={NAMES}-lr${{optimizer.build.lr}}" in err
     assert not sweep.exists()  # nothing started, nothing written
 
 
 def test_the_suggested_folder_name_gives_each_run_its_own_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
-    subdir = "${dataset.name}-${model.name}-${optimizer.name}-seed${seed}-lr${optimizer.build.lr}"
+    subdir = NAMES + "-lr${optimizer.build.lr}"
     argv = ["-m", *FAST, "optimizer=adam", "optimizer.build.lr=0.1,0.05", f"hydra.sweep.dir={tmp_path}",
             f"hydra.sweep.subdir={subdir}"]
     assert main_in_process(argv) == 0
@@ -48,7 +50,8 @@ def test_the_suggested_folder_name_gives_each_run_its_own_folder(tmp_path, monke
     (["optimizer=salsa,adam", "seed=0,1"], "${optimizer.name}-seed${seed}", []),
     (["optimizer=salsa,adam"], "${hydra:runtime.choices.optimizer}", []),
     (["trainer=default,paper_nlp"], "${optimizer.name}-seed${seed}", ["trainer"]),
-    (["optimizer.build.lr=0.1,0.2", "seed=range(3)"], "${optimizer.name}-seed${seed}", ["optimizer.build.lr"]),
+    (["optimizer.build.lr=0.1,0.2", "seed=range(3)"], "${optimizer.name}-seed${seed}",
+     ["optimizer.build.lr"]),
     (["optimizer.build.lr=0.1,0.2"], "${hydra.job.override_dirname}", []),
     (["optimizer.build.lr=0.1,0.2"], "run${hydra.job.num}", []),
     (["+trainer.max_steps=1,2", "optimizer.build.lr=3"], "${optimizer.build.lr}", ["trainer.max_steps"]),
@@ -59,19 +62,22 @@ def test_which_swept_keys_reach_the_folder_name(overrides, subdir, missing):
 
 
 def test_a_key_left_out_of_override_dirname_does_not_reach_it():
-    assert keys_missing_from("${hydra.job.override_dirname}", ["seed"], excluded_from_dirname=["seed"]) == ["seed"]
+    missing = keys_missing_from("${hydra.job.override_dirname}", ["seed"], excluded_from_dirname=["seed"])
+    assert missing == ["seed"]
 
 
 def test_a_multirun_with_a_failed_run_finishes_the_others_and_exits_with_1(tmp_path, monkeypatch, capsys):
     """The handled failure (a config error in seed 0's run) and an unhandled one end the same
     way: every run is tried, the multirun exits with 1."""
     monkeypatch.chdir(ROOT)
-    code = main_in_process(["-m", *FAST, "seed=0,1", "trainer.batch_size=${seed}", f"hydra.sweep.dir={tmp_path}"])
+    code = main_in_process(["-m", *FAST, "seed=0,1", "trainer.batch_size=${seed}",
+                            f"hydra.sweep.dir={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 1
     assert "error: trainer.batch_size must be positive, got 0" in err
     assert "a run of this multirun did not finish" in err
-    assert json.loads((tmp_path / "digits-small_cnn-salsa-seed1" / "summary.json").read_text())["status"] == "finished"
+    finished = json.loads((tmp_path / "digits-small_cnn-salsa-seed1" / "summary.json").read_text())
+    assert finished["status"] == "finished"
     assert not (tmp_path / "digits-small_cnn-salsa-seed0").exists()  # refused: its folder is removed
 
 
@@ -103,7 +109,8 @@ def test_a_run_whose_log_cannot_be_opened_is_listed_and_the_sweep_goes_on(tmp_pa
     out = capsys.readouterr().out
     assert "3 of 4 launched runs finished." in out
     failures = out.split("did not finish")[1]
-    assert f"{blocked.name}: not launched: its log {blocked / 'run.log'} cannot be opened (IsADirectoryError" in failures
+    assert (f"{blocked.name}: not launched: its log {blocked / 'run.log'} cannot be opened "
+            "(IsADirectoryError") in failures
     assert {p.parent.name for p in grid.glob("*/summary.json")} == {
         "digits-small_cnn-adam-seed1", "digits-small_cnn-sgd-seed0", "digits-small_cnn-sgd-seed1"}
 
@@ -113,7 +120,8 @@ def test_a_refused_resume_is_reported_with_its_cause_not_the_old_status(tmp_path
     run_dir = grid / "digits-small_cnn-adam-seed0"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "step_000000002.pt").write_bytes(b"damaged")
-    (run_dir / "summary.json").write_text(json.dumps({"status": "interrupted", "error": "Interrupted: SIGTERM"}))
+    old = {"status": "interrupted", "error": "Interrupted: SIGTERM"}
+    (run_dir / "summary.json").write_text(json.dumps(old))
     refusal = "error: trainer.resume=true refused: none of the 1 checkpoints is usable"
     monkeypatch.setattr(run_multiple, "command", fake_main({run_dir.name: refusal}))
     argv = ["mini", "--tasks", "digits", "--columns", "adam", "--seeds", "1", "--root", str(tmp_path)]
@@ -139,5 +147,5 @@ def test_a_refused_resume_through_the_real_main(tmp_path, capsys):
     capsys.readouterr()
     assert run_multiple.main(argv) == 1
     failures = capsys.readouterr().out.split("did not finish")[1]
-    assert (f"{run_dir.name}: its record is as before (status interrupted): error: trainer.resume=true refused: "
-            "none of the 2 checkpoints") in failures
+    assert (f"{run_dir.name}: its record is as before (status interrupted): "
+            "error: trainer.resume=true refused: none of the 2 checkpoints") in failures
