@@ -6,10 +6,10 @@ claim of the run directory -> (config checks) -> (record checks) -> data -> mode
 Everything that can be wrong with the config, and with the record in the run directory (another
 writer, a record a fresh run would overwrite, a resume that changes the trajectory or has no
 usable checkpoint), is checked before anything is built: a refused run writes nothing, and its
-claim (a lock file, and the directory if it made it) is undone. Once the data, model and optimizer are built (for a resume, at once: its record exists
-already), the run directory gets a small ``summary.json`` with ``status: running``, and
-``finished``, ``failed`` or ``interrupted`` (with the error) at the end, whatever ends the run,
-SIGTERM and a full disk included.
+claim (a lock file, and the directory if it made it) is undone. Once the data, model and
+optimizer are built (for a resume, at once: its record exists already), the run directory gets a
+small ``summary.json`` with ``status: running``, and ``finished``, ``failed`` or ``interrupted``
+(with the error) at the end, whatever ends the run, SIGTERM and a full disk included.
 """
 
 from __future__ import annotations
