@@ -33,7 +33,9 @@ _LOG_OUTCOMES = {"PASSED": "passed", "FAILED": "failed", "ERROR": "error", "SKIP
                  "XFAIL": "xfailed", "XPASS": "xpassed"}
 _VERBOSE_LINE = re.compile(r"^(?P<test>\S+::\S+) (?P<outcome>PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 _SUMMARY_FAILURE = re.compile(r"^(?P<outcome>FAILED|ERROR) (?P<test>\S+::\S+)(?: - (?P<message>.*))?$")
-_FINAL_LINE = re.compile(r"^=+ (?P<text>.*\d+ (?:passed|failed|skipped|error|errors|xfailed|xpassed|deselected).*) =+$")
+_FINAL_LINE = re.compile(
+    r"^=+ (?P<text>.*\d+ (?:passed|failed|skipped|error|errors|xfailed|xpassed|deselected).*) =+$"
+)
 MESSAGE_CHARS = 400
 
 
@@ -164,7 +166,9 @@ def bench_section(path: Path | None, requested: list[str], exit_code: int, timed
         "block": meta.get("block"),
         "date": meta.get("date"),
         "rows": rows,
-        "salsa_vs_reference": {w: r["salsa_vs_reference"] for w, r in results.items() if r.get("salsa_vs_reference")},
+        "salsa_vs_reference": {
+            w: r["salsa_vs_reference"] for w, r in results.items() if r.get("salsa_vs_reference")
+        },
     }
 
 
@@ -215,20 +219,23 @@ def markdown(report: dict[str, Any]) -> str:
         + (", outcomes read from its log" if pytest["source"] == "log" else "")
         + (", no outcomes found" if pytest["source"] is None else "") + ").",
     ]
-    for title, key in (("Failed, errors, unexpected passes", "not_ok"), ("Expected failures (known bugs)", "xfailed"),
-                       ("Skipped", "skipped")):
+    listed = (("Failed, errors, unexpected passes", "not_ok"), ("Expected failures (known bugs)", "xfailed"),
+              ("Skipped", "skipped"))
+    for title, key in listed:
         if pytest[key]:
             lines += ["", f"{title}:", "", "| test | outcome | message |", "| --- | --- | --- |"]
             lines += [f"| `{o['test']}` | {o['outcome']} | {_cell_text(o['message'])} |" for o in pytest[key]]
     lines += [
         "",
-        f"## Benchmark (`scripts/bench_optim.py --device cuda --workloads {','.join(bench['workloads_requested'])}`"
+        "## Benchmark (`scripts/bench_optim.py --device cuda --workloads "
+        f"{','.join(bench['workloads_requested'])}`"
         + (f", {bench['steps']} steps in blocks of {bench['block']}" if bench["steps"] else "") + ")",
         "",
     ]
     if bench["rows"]:
         lines += [
-            "| workload | optimizer | ms/step | forwards/step | trial fwd ms/step | excess ms | excess % of t_Adam | memory |",
+            "| workload | optimizer | ms/step | forwards/step | trial fwd ms/step | excess ms "
+            "| excess % of t_Adam | memory |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for row in bench["rows"]:
@@ -243,7 +250,8 @@ def markdown(report: dict[str, Any]) -> str:
     else:
         lines.append("No workload was measured.")
     if bench["not_measured"]:
-        why = "was stopped by its time limit" if bench["timed_out"] else f"exited with code {bench['exit_code']}"
+        why = ("was stopped by its time limit" if bench["timed_out"]
+               else f"exited with code {bench['exit_code']}")
         lines += ["", f"Not measured: {', '.join(bench['not_measured'])} (the benchmark {why})."]
     elif bench["exit_code"] != 0:
         lines += ["", f"The benchmark exited with code {bench['exit_code']}."]
@@ -299,7 +307,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     pytest = pytest_section(args.pytest_xml, args.pytest_log, args.pytest_rc, args.pytest_timed_out)
-    bench = bench_section(args.bench_json, args.bench_workloads.split(","), args.bench_rc, args.bench_timed_out)
+    workloads = args.bench_workloads.split(",")
+    bench = bench_section(args.bench_json, workloads, args.bench_rc, args.bench_timed_out)
     report = build_report(args.device_name, args.torch, args.cuda, args.seconds, pytest, bench)
     _, md_path = write(report, args.out, {"pytest": args.pytest_log, "bench": args.bench_log})
     print(summary_line(report, md_path))

@@ -33,7 +33,7 @@ def run_script(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: the script would run the check")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is here: the script would run the check")
 def test_without_cuda_the_script_refuses_in_one_line_and_runs_nothing(tmp_path):
     result = run_script(tmp_path)
     assert result.returncode == 2
@@ -104,19 +104,22 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(scope="module")
-def pytest_outputs(tmp_path_factory) -> tuple[Path, Path, int]:
-    """A real pytest run (as gpu_check.sh makes it) of a fixture file: its XML, its log, its code."""
-    folder = tmp_path_factory.mktemp("fixture_run")
-    (folder / "test_fixture.py").write_text(textwrap.dedent(FIXTURE_TESTS))
-    (folder / "pytest.ini").write_text("[pytest]\n")  # not this repository's settings
+def run_pytest(folder: Path, name: str, source: str) -> tuple[Path, Path, int]:
+    """pytest run on the test file ``name`` (``source``) as gpu_check.sh runs it (``-v -rA``,
+    JUnit XML), with settings of its own, not this repository's: its XML, its log, its code."""
+    (folder / name).write_text(textwrap.dedent(source))
+    (folder / "pytest.ini").write_text("[pytest]\n")
     xml, log = folder / "pytest.xml", folder / "pytest.log"
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider", f"--junitxml={xml}", "test_fixture.py"],
-        cwd=folder, capture_output=True, text=True, timeout=120,
-    )
+    command = [sys.executable, "-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider", f"--junitxml={xml}",
+               name]
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
     log.write_text(result.stdout + result.stderr)
     return xml, log, result.returncode
+
+
+@pytest.fixture(scope="module")
+def pytest_outputs(tmp_path_factory) -> tuple[Path, Path, int]:
+    return run_pytest(tmp_path_factory.mktemp("fixture_run"), "test_fixture.py", FIXTURE_TESTS)
 
 
 def test_junit_xml_of_a_real_run_gives_every_outcome(pytest_outputs):
@@ -137,7 +140,8 @@ def test_the_verbose_log_alone_gives_the_same_outcomes(pytest_outputs):
     outcomes = {o.test: o for o in report.parse_pytest_log(log.read_text())}
     assert {test: o.outcome for test, o in outcomes.items()} == EXPECTED
     assert "one is not two" in outcomes["test_fixture.py::test_fail"].message
-    assert report.pytest_final_line(log.read_text()).startswith("2 failed, 3 passed, 1 skipped, 1 xfailed, 1 error")
+    final = report.pytest_final_line(log.read_text())
+    assert final.startswith("2 failed, 3 passed, 1 skipped, 1 xfailed, 1 error")
 
 
 def test_a_log_cut_short_counts_what_ran(tmp_path):
@@ -150,18 +154,20 @@ def test_a_log_cut_short_counts_what_ran(tmp_path):
         tests/test_cuda_optim.py::test_e XFAIL (a known bug)                     [  5%]
     """)
     (tmp_path / "pytest.log").write_text(log)
-    section = report.pytest_section(tmp_path / "missing.xml", tmp_path / "pytest.log", exit_code=124, timed_out=True)
+    section = report.pytest_section(tmp_path / "missing.xml", tmp_path / "pytest.log", 124, timed_out=True)
     assert section["source"] == "log" and section["final_line"] is None
-    assert section["counts"] == {"passed": 1, "failed": 1, "error": 1, "skipped": 1, "xfailed": 1, "xpassed": 0}
-    assert [o["test"] for o in section["not_ok"]] == ["tests/test_cuda_optim.py::test_b", "tests/test_cuda_optim.py::test_c"]
+    assert section["counts"] == {
+        "passed": 1, "failed": 1, "error": 1, "skipped": 1, "xfailed": 1, "xpassed": 0}
+    assert [o["test"] for o in section["not_ok"]] == [
+        "tests/test_cuda_optim.py::test_b", "tests/test_cuda_optim.py::test_c"]
 
 
 # -- the benchmark's output and the whole report --------------------------------------------------
 
 
 def _summary(ms: float, excess_ms: float | None, forwards: float, memory_mb: float, x_params: float) -> dict:
-    return {"ms_per_step": ms, "forwards_per_step": forwards, "trial_fwd_ms_per_step": ms / 4, "t_adam_ms": 2.0,
-            "excess_ms": excess_ms or 0.0, "excess_pct": 100 * (excess_ms or 0.0) / 2.0,
+    return {"ms_per_step": ms, "forwards_per_step": forwards, "trial_fwd_ms_per_step": ms / 4,
+            "t_adam_ms": 2.0, "excess_ms": excess_ms or 0.0, "excess_pct": 100 * (excess_ms or 0.0) / 2.0,
             "memory_mb": memory_mb, "memory_x_params": x_params, "final_loss": 1.25}
 
 
@@ -170,35 +176,39 @@ def _bench_json(folder: Path, workloads: list[str]) -> Path:
     meta = {"torch": "2.14.1", "device": "cuda", "device_name": "Fake GPU", "threads": 16, "steps": 120,
             "block": 20, "date": "2026-12-06T00:00:00+00:00", "load_average": [0.1, 0.1, 0.1],
             "load_average_end": [0.2, 0.2, 0.2], "allocator": {}}
+    summary = {"Adam": _summary(2.0, None, 1.0, 14.2, 2.0), "SaLSA": _summary(3.1, 0.08, 1.95, 21.3, 3.0)}
     results = {
         name: {"parameters": 1000, "param_bytes": 4000, "blocks": [], "salsa_vs_reference": None,
-               "summary": {"Adam": _summary(2.0, None, 1.0, 14.2, 2.0), "SaLSA": _summary(3.1, 0.08, 1.95, 21.3, 3.0)}}
+               "summary": summary}
         for name in workloads
     }
     bench_optim.write_report(folder, meta, results)
     return folder / "bench_optim_cuda.json"
 
 
-def _args(tmp_path: Path, xml: Path, log: Path, pytest_rc: int, bench: Path, bench_rc: int, *flags: str) -> list[str]:
+def _args(
+    tmp_path: Path, xml: Path, log: Path, pytest_rc: int, bench: Path, bench_rc: int, *flags: str
+) -> list[str]:
     return ["--device-name", "Fake GPU 80GB", "--torch", "2.14.1", "--cuda", "13.0", "--pytest-xml", str(xml),
             "--pytest-log", str(log), "--pytest-rc", str(pytest_rc), "--bench-json", str(bench),
             "--bench-rc", str(bench_rc), "--bench-workloads", "mlp,cnn,bert", "--seconds", "301.4",
             "--out", str(tmp_path / "out"), *flags]
 
 
-def test_report_of_a_failing_check_names_the_failures_and_what_was_not_measured(tmp_path, pytest_outputs, capsys):
+def test_report_of_a_failing_check_names_failures_and_what_was_not_measured(tmp_path, pytest_outputs, capsys):
     xml, log, returncode = pytest_outputs
     bench = _bench_json(tmp_path / "bench", ["mlp", "cnn"])  # bert stopped by the time limit
     assert report.main(_args(tmp_path, xml, log, returncode, bench, 124, "--bench-timed-out")) == 1
-    line = capsys.readouterr().out.strip()
-    assert line == (
+    md_path = tmp_path / "out" / "gpu_check_fake-gpu-80gb.md"
+    assert capsys.readouterr().out.strip() == (
         "gpu_check: FAILED on Fake GPU 80GB: tests 3 passed, 2 failed, 1 error, 1 skipped, 1 xfailed; "
-        f"benchmark 2/3 workloads (stopped by the time limit); report {tmp_path / 'out' / 'gpu_check_fake-gpu-80gb.md'}"
+        f"benchmark 2/3 workloads (stopped by the time limit); report {md_path}"
     )
     data = json.loads((tmp_path / "out" / "gpu_check_fake-gpu-80gb.json").read_text())
     assert (data["ok"], data["tests_ok"], data["bench_ok"]) == (False, False, False)
     assert data["device"] == "Fake GPU 80GB" and data["seconds"] == 301.4
-    assert data["pytest"]["counts"] == {"passed": 3, "failed": 2, "error": 1, "skipped": 1, "xfailed": 1, "xpassed": 0}
+    counts = {"passed": 3, "failed": 2, "error": 1, "skipped": 1, "xfailed": 1, "xpassed": 0}
+    assert data["pytest"]["counts"] == counts
     assert sorted(o["test"] for o in data["pytest"]["not_ok"]) == [
         "test_fixture.py::test_error", "test_fixture.py::test_fail", "test_fixture.py::test_fixed_bug"]
     bench_data = data["bench"]
@@ -207,7 +217,7 @@ def test_report_of_a_failing_check_names_the_failures_and_what_was_not_measured(
     assert set(rows) == {("mlp", "Adam"), ("mlp", "SaLSA"), ("cnn", "Adam"), ("cnn", "SaLSA")}
     assert rows["mlp", "Adam"]["excess_ms"] is None  # the baseline
     assert rows["mlp", "SaLSA"]["excess_ms"] == 0.08 and rows["mlp", "SaLSA"]["forwards_per_step"] == 1.95
-    md = (tmp_path / "out" / "gpu_check_fake-gpu-80gb.md").read_text()
+    md = md_path.read_text()
     assert "Result: **FAILED**" in md
     assert "| mlp | SaLSA | 3.10 | 1.95 | 0.78 | 0.08 | 4.0% | 21.3 MB (3.00x) |" in md
     assert "| mlp | Adam | 2.00 | 1.00 | 0.50 | baseline | baseline | 14.2 MB (2.00x) |" in md
@@ -219,14 +229,9 @@ def test_report_of_a_failing_check_names_the_failures_and_what_was_not_measured(
 
 
 def test_report_of_a_passing_check(tmp_path):
-    (tmp_path / "test_ok.py").write_text("def test_ok():\n    pass\n")
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    xml, log = tmp_path / "pytest.xml", tmp_path / "pytest.log"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-v", "-rA", "-p", "no:cacheprovider", f"--junitxml={xml}",
-                             "test_ok.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    log.write_text(result.stdout)
+    xml, log, returncode = run_pytest(tmp_path, "test_ok.py", "def test_ok():\n    pass\n")
     bench = _bench_json(tmp_path / "bench", ["mlp", "cnn", "bert"])
-    assert report.main(_args(tmp_path, xml, log, result.returncode, bench, 0)) == 0
+    assert report.main(_args(tmp_path, xml, log, returncode, bench, 0)) == 0
     data = json.loads((tmp_path / "out" / "gpu_check_fake-gpu-80gb.json").read_text())
     assert data["ok"] and data["pytest"]["counts"]["passed"] == 1 and data["bench"]["not_measured"] == []
     assert "Result: **passed**" in (tmp_path / "out" / "gpu_check_fake-gpu-80gb.md").read_text()
@@ -234,13 +239,9 @@ def test_report_of_a_passing_check(tmp_path):
 
 def test_a_run_in_which_every_test_was_skipped_is_not_a_pass(tmp_path):
     """On a GPU machine nothing may skip for want of a device: no test passed, no pass."""
-    (tmp_path / "test_skip.py").write_text("import pytest\n\ndef test_s():\n    pytest.skip('no CUDA device')\n")
-    (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    xml, log = tmp_path / "pytest.xml", tmp_path / "pytest.log"
-    result = subprocess.run([sys.executable, "-m", "pytest", "-v", "-p", "no:cacheprovider", f"--junitxml={xml}",
-                             "test_skip.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    log.write_text(result.stdout)
-    assert result.returncode == 0
+    source = "import pytest\n\ndef test_s():\n    pytest.skip('no CUDA device')\n"
+    xml, log, returncode = run_pytest(tmp_path, "test_skip.py", source)
+    assert returncode == 0
     bench = _bench_json(tmp_path / "bench", ["mlp", "cnn", "bert"])
     assert report.main(_args(tmp_path, xml, log, 0, bench, 0)) == 1
     assert not json.loads((tmp_path / "out" / "gpu_check_fake-gpu-80gb.json").read_text())["tests_ok"]

@@ -27,7 +27,7 @@ from experiments.trainer import Trainer
 from optim._evaluation import host_floats, rank_mean
 
 from cuda_utils import device, require_bf16, require_real_cuda
-from harness_utils import CONF, Crash, crashing_at_step, run_config
+from harness_utils import CONF, crash_then_resume, logged_rows, run_config
 from ranks import free_port
 from test_data_cifar import cifar10_dir  # noqa: F401  (fixtures)
 from test_data_glue import save_glue, tokenizer_dir  # noqa: F401
@@ -53,8 +53,10 @@ def watched(monkeypatch: pytest.MonkeyPatch) -> dict:
         seen["param_devices"] |= {p.device.type for p in module.parameters()}
         seen["output_devices"].add(output.device.type)
         seen["output_dtypes"].add(output.dtype)
-        kind = "grad_forwards" if torch.is_grad_enabled() else "trial_forwards" if module.training else "eval_forwards"
-        seen[kind] += 1
+        if torch.is_grad_enabled():
+            seen["grad_forwards"] += 1
+        else:
+            seen["trial_forwards" if module.training else "eval_forwards"] += 1
 
     fit = Trainer.fit
 
@@ -85,8 +87,8 @@ def assert_trained_on_device(summary: dict, seen: dict, steps: int, metric: str)
 def test_glue_with_small_bert(tmp_path, tokenizer_dir, watched):  # noqa: F811
     save_glue(tmp_path / "data", "sst2")
     summary = run_config(
-        ["dataset=sst2", "model=small_bert", f"model.tokenizer={tokenizer_dir}", f"data_dir={tmp_path / 'data'}",
-         "trainer=paper_nlp", *LINE_SEARCH, *ON_DEVICE],
+        ["dataset=sst2", "model=small_bert", f"model.tokenizer={tokenizer_dir}",
+         f"data_dir={tmp_path / 'data'}", "trainer=paper_nlp", *LINE_SEARCH, *ON_DEVICE],
         tmp_path / "run",
     )
     assert_trained_on_device(summary, watched, 3, "final_val_accuracy")
@@ -96,7 +98,8 @@ def test_openwebtext_with_small_gpt2(tmp_path, owt_dir, watched):  # noqa: F811
     summary = run_config(
         ["dataset=openwebtext", "model=gpt2", f"data_dir={owt_dir}", "dataset.build.block_size=16",
          "dataset.build.token_budget=256", "dataset.build.val_fraction=0.2", "model.build.n_layer=1",
-         "model.build.n_head=2", "model.build.n_embd=16", "model.build.block_size=16", *LINE_SEARCH, *ON_DEVICE],
+         "model.build.n_head=2", "model.build.n_embd=16", "model.build.block_size=16", *LINE_SEARCH,
+         *ON_DEVICE],
         tmp_path / "run",
     )
     assert_trained_on_device(summary, watched, 3, "final_val_perplexity")
@@ -175,7 +178,8 @@ def test_a_compiled_model_trains_like_the_eager_one(tmp_path, monkeypatch):
     # the searches decide alike and the step sizes, host arithmetic on those decisions, agree.
     assert [r["step_size"] for r in rows["compiled"]] == [r["step_size"] for r in rows["eager"]]
     assert [r["forwards"] for r in rows["compiled"]] == [r["forwards"] for r in rows["eager"]]
-    assert [r["loss"] for r in rows["compiled"]] == pytest.approx([r["loss"] for r in rows["eager"]], rel=1e-4)
+    losses = {name: [r["loss"] for r in rows[name]] for name in rows}
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
     assert compiled["final_val_loss"] == pytest.approx(eager["final_val_loss"], rel=1e-4)
 
 
@@ -189,16 +193,12 @@ def test_resume_continues_the_cuda_random_stream(tmp_path, monkeypatch):
     common = ["model=mlp", "model.build.dropout=0.2", "trainer.max_steps=14", "trainer.checkpoint_interval=4",
               "trainer.eval_interval=7", *ON_DEVICE]
     straight = run_config(common, tmp_path / "straight")
-    monkeypatch.setattr(Trainer, "_after_step", crashing_at_step(10))
-    with pytest.raises(Crash):
-        run_config(common, tmp_path / "resumed")
-    monkeypatch.undo()
-    resumed = run_config([*common, "trainer.resume=true"], tmp_path / "resumed")
+    resumed = crash_then_resume(common, tmp_path / "resumed", 10, monkeypatch)
     assert resumed["status"] == "finished"
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
-    assert strip(_rows(tmp_path / "resumed")) == strip(_rows(tmp_path / "straight"))
+    assert logged_rows(tmp_path / "resumed") == logged_rows(tmp_path / "straight")
     assert resumed["final_loss"] == straight["final_loss"]
-    a, b = (torch.load(list_checkpoints(tmp_path / name)[-1], weights_only=True) for name in ("straight", "resumed"))
+    a, b = (torch.load(list_checkpoints(tmp_path / run)[-1], weights_only=True)
+            for run in ("straight", "resumed"))
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     if DEVICE.type == "cuda":
         assert len(a["rng"]["cuda"]) == torch.cuda.device_count()  # the CUDA generators were saved
@@ -213,7 +213,8 @@ def nccl_world(monkeypatch: pytest.MonkeyPatch):
     require_real_cuda("NCCL")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
-    process = distributed.setup(torch.device("cuda"), environ={"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    environ = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
+    process = distributed.setup(torch.device("cuda"), environ=environ)
     try:
         yield process
     finally:
@@ -263,10 +264,12 @@ def test_one_rank_nccl_run_through_torchrun(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         stdout, stderr = process.communicate(timeout=TORCHRUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    except BaseException as error:  # a hang, or the run stopped (gpu_check.sh's time limit: SIGINT)
+        os.killpg(process.pid, signal.SIGKILL)  # torchrun and its rank, in their own session
         process.communicate()
-        pytest.fail(f"torchrun did not finish within {TORCHRUN_TIMEOUT_S} s (hang?)")
+        if isinstance(error, subprocess.TimeoutExpired):
+            pytest.fail(f"torchrun did not finish within {TORCHRUN_TIMEOUT_S} s (hang?)")
+        raise
     assert process.returncode == 0, stderr[-4000:]
     assert f"record: {run_dir}" in stdout.splitlines()
     assert "NCCL version" in stdout + stderr, (stdout + stderr)[-4000:]

@@ -323,7 +323,9 @@ def _fp32_loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
         return F.cross_entropy(model(x), y).item()
 
 
-def _train_bf16(name: str, steps: int, precision: torch.dtype | None) -> tuple[nn.Module, torch.optim.Optimizer, set]:
+def _train_bf16(
+    name: str, steps: int, precision: torch.dtype | None
+) -> tuple[nn.Module, torch.optim.Optimizer, set]:
     model = _mlp()
     x, y = _batch()
     opt = MIXED[name](model.parameters())
@@ -495,7 +497,9 @@ def test_a_compiled_model_follows_the_eager_trajectory_without_recompiling() -> 
 
 def _memory_model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
+    return nn.Sequential(
+        nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10)
+    )
 
 
 def _adam_step(opt: torch.optim.Optimizer, model: nn.Module, x: Tensor, y: Tensor) -> None:
