@@ -38,7 +38,11 @@ def capture_rng() -> dict[str, Any]:
     version, python_state, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # The generator of this process's device. Under DDP only rank 0 writes, but every rank
+        # seeds alike and draws alike (the same shapes, the same trials), so rank 0's state is
+        # each rank's for its own device (all devices' states, as rank 0 sees them, would give
+        # rank r the untouched state of cuda:r, and fail on a machine with fewer devices).
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
         "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "python": {"version": version, "state": list(python_state), "gauss": gauss},
@@ -48,7 +52,7 @@ def capture_rng() -> dict[str, Any]:
 def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"][0])  # this process's device (see capture_rng)
     np_state = state["numpy"]
     np.random.set_state(
         ("MT19937", np_state["keys"].numpy().astype(np.uint32), np_state["pos"],

@@ -234,14 +234,15 @@ class Trainer:
         state of the first forward, and evaluates its trials on all micro-batches again."""
         no_sync = getattr(self.forward_model, "no_sync", None)  # DDP's, also through torch.compile
         rng = RNGSnapshot(self.model.parameters())  # before the first forward: trials replay it
-        loss = torch.zeros((), device=self.device)
+        parts = []
         for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
             last = i == len(micro_batches) - 1
             with contextlib.nullcontext() if last or no_sync is None else no_sync():
                 with self._autocast():
                     part = weight * cross_entropy(self.forward_model(batch), batch["labels"])
                 part.backward()
-            loss += part.detach()
+            parts.append(part.detach())
+        loss = torch.stack(parts).sum()  # summed as the trials sum: a trial at eta = 0 gives L0
         self._clip_gradients()
         if not isinstance(self.optimizer, ClosureOptimizer):
             return self._plain_step(loss)

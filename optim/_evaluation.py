@@ -189,7 +189,9 @@ def host_floats(values: list[Tensor], process_group: dist.ProcessGroup | None) -
     if process_group is None and all(v.is_cpu for v in values):
         return [v.item() for v in values]
     dtype = decision_dtype(*values)
-    device = values[0].device
+    # On the accelerator when any value is there: a loss given as a float is a CPU tensor, and
+    # NCCL reduces device tensors only.
+    device = next((v.device for v in values if not v.is_cpu), values[0].device)
     stacked = torch.stack([v.detach().reshape(()).to(device=device, dtype=dtype) for v in values])
     return rank_mean(stacked, process_group).tolist()
 

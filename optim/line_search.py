@@ -385,8 +385,11 @@ class LineSearchOptimizer(ClosureOptimizer):
         if searching:
             search["steps_since_search"] = 0
             local_term, factor = self.direction.grad_term(t, rule.search_along, grad_sq)
-            (grad_term,) = host_floats([self._summed_over_shards(local_term)], group)
-            grad_term *= factor
+            if local_term is grad_sq:  # ||g||^2 (the SGD direction): read with L0 already
+                grad_term = grad_sq_value * factor
+            else:
+                (grad_term,) = host_floats([self._summed_over_shards(local_term)], group)
+                grad_term *= factor
             if rule.grad_term_root:
                 grad_term = math.sqrt(max(grad_term, 0.0))
             test_term = rule.smooth_grad_term(search["avg_grad_term"], grad_term)

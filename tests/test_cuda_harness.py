@@ -235,13 +235,8 @@ def test_one_rank_nccl_group_from_the_harness_setup(nccl_world):
     assert host_floats([values[0], values[1]], dist.group.WORLD) == [1.5, -2.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="optim/_evaluation.py host_floats stacks the values on the device of the first one: "
-    "step(closure, loss=<float>) makes L0 a CPU tensor (LossEvaluator.first), so under NCCL "
-    "with more than one rank the all_reduce gets a CPU tensor, which NCCL cannot reduce",
-)
+# A loss given as a float (step(closure, loss=0.75)) becomes a CPU tensor; the decision values are
+# reduced on the accelerator all the same (NCCL reduces device tensors only).
 def test_a_loss_given_as_a_float_is_reduced_under_nccl(nccl_world):
     given_loss = torch.tensor(0.75, dtype=torch.float64)  # what LossEvaluator.first makes of loss=0.75
     grad_sq = torch.tensor(4.0, device="cuda")

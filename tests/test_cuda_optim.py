@@ -197,10 +197,11 @@ def test_every_evaluation_of_a_step_sees_the_first_ones_masks_and_trials_draw_no
 # The design allows one host sync per evaluated loss (optim/_base.py, optim/line_search.py):
 #   * the first evaluation: L0 and ||g||^2 read together (ClosureOptimizer._first_evaluation,
 #     host_floats of both),
-#   * the gradient term <g, d> when a search is due (LineSearchOptimizer.step, host_floats),
+#   * the gradient term <g, d> when a search is due (LineSearchOptimizer.step, host_floats), except
+#     along the gradient, where <g, d> = ||g||^2 was read with L0,
 #   * one per trial (LineSearchOptimizer._backtrack, host_floats of the trial loss),
-# so a step with a search of k trials makes 2 + k syncs, a step the speed-up rule skips 1, and an
-# L4 step 2 (L0 with ||g||^2, then <v, g_hat>). Nothing else may sync: not the RNG snapshot and
+# so a step with a search of k trials makes 2 + k syncs (1 + k along the gradient), a step the
+# speed-up rule skips 1, and an L4 step 2 (L0 with ||g||^2, then <v, g_hat>). Nothing else may sync: not the RNG snapshot and
 # replay, the foreach arithmetic, the GradScaler's unscale_ or the closure (checked to be sync-free).
 
 
@@ -284,12 +285,14 @@ def test_a_step_syncs_once_per_evaluated_loss_and_once_for_the_gradient_term(nam
         else:
             searched = after["n_searches"] - before["n_searches"]
             assert searched or not trials  # no guard blocked a due search (L0 and g are far from 0)
-            expected = 1 + searched + trials
+            # Along the gradient, <g, d> = ||g||^2 was read with L0: no read of its own.
+            term_reads = searched if opt.defaults["direction"] == "adam" else 0
+            expected = 1 + term_reads + trials
         assert counter.count == expected, f"step {i + 1}: {counter.count} syncs, the design allows {expected}"
-        seen.append(expected - 1)
+        seen.append(trials)
     if isinstance(opt, L4):
         return
-    assert max(seen) >= 3, "no step backtracked"  # 2 + k with k >= 2 trials
+    assert max(seen) >= 2, "no step backtracked"  # at least 2 trials
     if opt.rule.speed_up:
         assert 0 in seen, "no step skipped its search"
 
