@@ -5,6 +5,7 @@ from __future__ import annotations
 import runpy
 import sys
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,6 +64,15 @@ def crash_then_resume(overrides: list[str], run_dir: Path, crash_step: int, monk
     finally:
         monkeypatch.setattr(Trainer, "_after_step", original)
     return run_config([*overrides, "trainer.resume=true"], run_dir)
+
+
+def working_copy(recorded: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A copy of a run record (made once per module) to alter, with the repository as the working
+    directory, as main.py runs from there."""
+    monkeypatch.chdir(CONF.parent)
+    copy = tmp_path / "run"
+    shutil.copytree(recorded, copy)
+    return copy
 
 
 class Crash(RuntimeError):

@@ -5,7 +5,6 @@ refuses and leaves the record as it was."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,8 @@ import torch
 from experiments.checkpoint import digest_path, list_checkpoints, load_latest_checkpoint, save_checkpoint
 from experiments.trainer import Trainer
 
-from harness_utils import CONF, Crash, crashing_at_step, main_in_process, run_config
+from harness_utils import Crash, crashing_at_step, main_in_process, run_config, working_copy
 
-ROOT = CONF.parent
 RUN = ["trainer.progress=false", "trainer.device=cpu", "trainer.max_steps=6", "trainer.checkpoint_interval=3",
        "model.build.dropout=0.1"]
 
@@ -31,10 +29,7 @@ def recorded(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def record(recorded, tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(ROOT)
-    copy = tmp_path / "run"
-    shutil.copytree(recorded, copy)
-    return copy
+    return working_copy(recorded, tmp_path, monkeypatch)
 
 
 def alter_a_weight(checkpoint: Path) -> None:

@@ -4,7 +4,6 @@ and refused before anything is written; changes that only extend the run go thro
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from omegaconf import OmegaConf
 
 from experiments.resume import RESUMABLE, trajectory_changes
 
-from harness_utils import CONF, compose_run_config, main_in_process
+from harness_utils import CONF, compose_run_config, main_in_process, working_copy
 
 ROOT = CONF.parent
 BASE = ["trainer.progress=false", "trainer.device=cpu", "trainer.max_steps=4",
@@ -33,10 +32,7 @@ def recorded(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def record(recorded, tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(ROOT)
-    copy = tmp_path / "run"
-    shutil.copytree(recorded, copy)
-    return copy
+    return working_copy(recorded, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize(("change", "named"), [
