@@ -21,6 +21,7 @@ from optim._evaluation import LossEvaluator
 from optim.presets import paper_optimizer
 
 from conftest import classification_batch, model_closure, small_mlp
+from precision_utils import ScaledClosure, batch, fp32_loss, mlp
 from cuda_utils import SyncCounter, device, require_bf16, require_real_cuda
 
 pytestmark = pytest.mark.cuda
@@ -308,29 +309,11 @@ MIXED: dict[str, Make] = {
 }
 
 
-def _mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 3)).to(DEVICE)
-
-
-def _batch(n: int = 128) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 8, generator=g)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > x[:, 2]).long()
-    return on_device(x, y)
-
-
-def _fp32_loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """The loss in full precision outside any autocast: the yardstick of progress."""
-    with torch.no_grad():
-        return F.cross_entropy(model(x), y).item()
-
-
 def _train_bf16(
     name: str, steps: int, precision: torch.dtype | None
 ) -> tuple[nn.Module, torch.optim.Optimizer, set]:
-    model = _mlp()
-    x, y = _batch()
+    model = mlp(DEVICE)
+    x, y = batch(device=DEVICE)
     opt = MIXED[name](model.parameters())
     output_dtypes: set[torch.dtype] = set()
 
@@ -352,14 +335,14 @@ def _train_bf16(
 @pytest.mark.parametrize("name", ["salsa", "sls"])
 def test_bf16_autocast_trains_and_tracks_fp32(name: str) -> None:
     require_bf16()
-    x, y = _batch()
-    initial = _fp32_loss(_mlp(), x, y)
+    x, y = batch(device=DEVICE)
+    initial = fp32_loss(mlp(DEVICE), x, y)
     steps = 30
     model, opt, output_dtypes = _train_bf16(name, steps, torch.bfloat16)
     fp32_model, _, fp32_dtypes = _train_bf16(name, steps, None)
     assert output_dtypes == {torch.bfloat16} and fp32_dtypes == {torch.float32}
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
-    final, final_fp32 = _fp32_loss(model, x, y), _fp32_loss(fp32_model, x, y)
+    final, final_fp32 = fp32_loss(model, x, y), fp32_loss(fp32_model, x, y)
     assert final < 0.5 * initial, (initial, final)
     # bf16 keeps 8 bits of mantissa: the search sees noisier losses, not a different problem.
     assert abs(final - final_fp32) < 0.15 * initial, (initial, final, final_fp32)
@@ -368,27 +351,10 @@ def test_bf16_autocast_trains_and_tracks_fp32(name: str) -> None:
     assert diag["n_forwards"] > steps and diag["n_searches"] > 0
 
 
-class ScaledClosure:
-    """fp16 autocast with a GradScaler: backpropagates ``scaler.scale(loss)``, returns the loss."""
-
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, scaler: torch.amp.GradScaler | None) -> None:
-        self.model, self.x, self.y, self.scaler = model, x, y, scaler
-        self.output_dtypes: set[torch.dtype] = set()
-
-    def __call__(self, backwards: bool = False) -> Tensor:
-        with torch.autocast(DEVICE.type, dtype=torch.float16):
-            out = self.model(self.x)
-            self.output_dtypes.add(out.dtype)
-            loss = F.cross_entropy(out, self.y)  # autocast runs it in float32
-        if backwards:
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-        return loss
-
-
 @pytest.mark.parametrize("name", list(MIXED))
 def test_fp16_with_a_grad_scaler_trains_on_unscaled_gradients(name: str) -> None:
-    model = _mlp()
-    x, y = _batch()
+    model = mlp(DEVICE)
+    x, y = batch(device=DEVICE)
     # The gradients the optimizer must see: those of the same fp16 forward without a scaler.
     ScaledClosure(model, x, y, None)(backwards=True)
     unscaled = [p.grad.clone() for p in model.parameters()]
@@ -399,7 +365,7 @@ def test_fp16_with_a_grad_scaler_trains_on_unscaled_gradients(name: str) -> None
     scale = scaler.get_scale()
     assert scale > 1.0
     closure = ScaledClosure(model, x, y, scaler)
-    initial = _fp32_loss(model, x, y)
+    initial = fp32_loss(model, x, y)
     opt.step(closure, grad_scaler=scaler)
     for g, reference in zip((p.grad for p in model.parameters()), unscaled):
         # Scaling by a power of two is exact in fp16 when nothing overflows: the same gradients.
@@ -413,7 +379,7 @@ def test_fp16_with_a_grad_scaler_trains_on_unscaled_gradients(name: str) -> None
         scaler.update()
     assert closure.output_dtypes == {torch.float16}
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
-    assert _fp32_loss(model, x, y) < 0.7 * initial  # L4, the slowest here, reaches ~0.6 on the CPU
+    assert fp32_loss(model, x, y) < 0.7 * initial  # L4, the slowest here, reaches ~0.6 on the CPU
     assert opt.diagnostics["n_skipped"] == 0 and opt.diagnostics["n_steps"] == steps
     assert scaler.get_scale() == scale  # no overflow, no back-off (growth only after 2000 steps)
 
@@ -427,13 +393,13 @@ def _per_param_state(opt: torch.optim.Optimizer) -> list[Tensor]:
 def test_fp16_overflow_from_a_too_large_scale_is_skipped_and_the_scale_backs_off(name: str) -> None:
     """A real fp16 overflow, not an injected one: with the loss scaled by 2^30 the gradient of the
     fp16 logits (at least 2^30 (2/3) / 128 for the true class at the start) exceeds 65504."""
-    model = _mlp()
-    x, y = _batch()
+    model = mlp(DEVICE)
+    x, y = batch(device=DEVICE)
     opt = MIXED[name](model.parameters())
     init_scale = 2.0**30
     scaler = torch.amp.GradScaler(DEVICE.type, init_scale=init_scale)
     closure = ScaledClosure(model, x, y, scaler)
-    initial = _fp32_loss(model, x, y)
+    initial = fp32_loss(model, x, y)
     skipped_at = []
     for i in range(40):
         params, state = [p.detach().clone() for p in model.parameters()], _per_param_state(opt)
@@ -459,7 +425,7 @@ def test_fp16_overflow_from_a_too_large_scale_is_skipped_and_the_scale_backs_off
     assert scaler.get_scale() == init_scale * 0.5 ** len(skipped_at)
     assert opt.diagnostics["n_skipped"] == len(skipped_at)
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert _fp32_loss(model, x, y) < initial
+    assert fp32_loss(model, x, y) < initial
 
 
 # -- (e) a torch.compile'd model in the closure -------------------------------------------------

@@ -17,6 +17,8 @@ from torch.nn import functional as F
 
 from optim import L4, SLS, SaLSA
 
+from precision_utils import FP16_AUTOCAST_ON_CPU, ScaledClosure, batch, fp32_loss, mlp
+
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "salsa": SaLSA,
     "salsa_sgd": lambda params: SaLSA(params, direction="sgd"),
@@ -26,76 +28,8 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 }
 
 
-def _cpu_fp16_autocast_works() -> bool:
-    try:
-        with torch.autocast("cpu", dtype=torch.float16):
-            return nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.float16
-    except (RuntimeError, ValueError):
-        return False
-
-
-# torch 2.13's CPU autocast supports float16, so the fp16 tests below run the forward in fp16
-# under torch.autocast("cpu", dtype=torch.float16). On a torch without it they fall back to an
-# fp32 forward that still goes through the GradScaler (scaling, unscaling and inf-skipping are
-# then still exercised; only the fp16 arithmetic is not).
-FP16_AUTOCAST = _cpu_fp16_autocast_works()
-
-
-def _mlp() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 3))
-
-
-def _batch(n: int = 128) -> tuple[Tensor, Tensor]:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 8, generator=g)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > x[:, 2]).long()
-    return x, y
-
-
-def _fp32_loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    """The loss in full precision, outside any autocast: the independent yardstick of progress."""
-    with torch.no_grad():
-        return F.cross_entropy(model(x), y).item()
-
-
 def _params(model: nn.Module) -> list[Tensor]:
     return [p.detach().clone() for p in model.parameters()]
-
-
-def _fp16_context():
-    return torch.autocast("cpu", dtype=torch.float16, enabled=FP16_AUTOCAST)
-
-
-class ScaledClosure:
-    """``closure(backwards)`` for fp16 training with a GradScaler.
-
-    ``inject`` on the ``inject_at``-th backward evaluation (0-based): ``"grad"`` sets one
-    gradient element to inf after the backward; ``"loss"`` multiplies the loss by inf.
-    """
-
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, scaler: torch.amp.GradScaler | None,
-                 inject: str | None = None, inject_at: int = -1) -> None:
-        self.model, self.x, self.y, self.scaler = model, x, y, scaler
-        self.inject, self.inject_at = inject, inject_at
-        self.n_backward_calls = 0
-        self.output_dtypes: set[torch.dtype] = set()
-
-    def __call__(self, backwards: bool = False) -> Tensor:
-        injecting = backwards and self.n_backward_calls == self.inject_at
-        with _fp16_context():
-            out = self.model(self.x)
-            self.output_dtypes.add(out.dtype)
-            loss = F.cross_entropy(out, self.y)
-        if injecting and self.inject == "loss":
-            loss = loss * float("inf")
-        if backwards:
-            self.n_backward_calls += 1
-            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            if injecting and self.inject == "grad":
-                first = next(iter(self.model.parameters()))
-                first.grad.view(-1)[0] = float("inf")
-        return loss
 
 
 # -- (a) bf16 autocast ----------------------------------------------------------------------------
@@ -103,8 +37,8 @@ class ScaledClosure:
 
 @pytest.mark.parametrize("name", ["salsa", "sls"])
 def test_bf16_autocast_trains(name: str) -> None:
-    model = _mlp()
-    x, y = _batch()
+    model = mlp()
+    x, y = batch()
     opt = OPTIMIZERS[name](model.parameters())
     output_dtypes = set()
 
@@ -117,7 +51,7 @@ def test_bf16_autocast_trains(name: str) -> None:
             loss.backward()
         return loss
 
-    initial = _fp32_loss(model, x, y)
+    initial = fp32_loss(model, x, y)
     n_steps = 30
     for _ in range(n_steps):
         opt.zero_grad()
@@ -130,7 +64,7 @@ def test_bf16_autocast_trains(name: str) -> None:
         assert p.grad.dtype == torch.float32
         assert torch.isfinite(p).all()
     # Progress measured in fp32, outside autocast (fp32 training reaches ~0.2 / ~0.37 here).
-    final = _fp32_loss(model, x, y)
+    final = fp32_loss(model, x, y)
     assert final < 0.5 * initial, (initial, final)
     diag = opt.diagnostics
     assert diag["n_steps"] == n_steps
@@ -145,15 +79,15 @@ def test_bf16_autocast_trains(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_fp16_grad_scaler_trains(name: str) -> None:
-    model = _mlp()
-    x, y = _batch()
+    model = mlp()
+    x, y = batch()
     opt = OPTIMIZERS[name](model.parameters())
     scaler = torch.amp.GradScaler("cpu")
     init_scale = scaler.get_scale()
     assert init_scale > 1.0  # else "unscaled" would be indistinguishable from "scaled"
     closure = ScaledClosure(model, x, y, scaler)
 
-    initial = _fp32_loss(model, x, y)
+    initial = fp32_loss(model, x, y)
     n_steps = 30
     for _ in range(n_steps):
         opt.zero_grad()
@@ -162,9 +96,9 @@ def test_fp16_grad_scaler_trains(name: str) -> None:
         assert 0.0 < loss.item() < 2.0
         scaler.update()
 
-    if FP16_AUTOCAST:
+    if FP16_AUTOCAST_ON_CPU:
         assert closure.output_dtypes == {torch.float16}
-    final = _fp32_loss(model, x, y)
+    final = fp32_loss(model, x, y)
     assert final < 0.7 * initial, (initial, final)  # L4, the slowest here, reaches ~0.58 of it
     assert all(torch.isfinite(p).all() and p.dtype == torch.float32 for p in model.parameters())
     diag = opt.diagnostics
@@ -176,8 +110,8 @@ def test_fp16_grad_scaler_trains(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_fp16_optimizer_sees_unscaled_gradients(name: str) -> None:
-    model = _mlp()
-    x, y = _batch()
+    model = mlp()
+    x, y = batch()
     # Reference gradients at the initial point: the same fp16 forward without a scaler, and a
     # full fp32 forward.
     ScaledClosure(model, x, y, None)(backwards=True)
@@ -224,8 +158,8 @@ def _optimizer_state(opt: torch.optim.Optimizer) -> list[Tensor]:
 @pytest.mark.parametrize("inject", ["grad", "loss"])
 @pytest.mark.parametrize("name", ["salsa", "sls", "sls_adam", "l4"])
 def test_fp16_overflow_step_is_skipped(name: str, inject: str) -> None:
-    model = _mlp()
-    x, y = _batch()
+    model = mlp()
+    x, y = batch()
     opt = OPTIMIZERS[name](model.parameters())
     scaler = torch.amp.GradScaler("cpu")
     bad_step, n_steps = 5, 15
@@ -272,4 +206,4 @@ def test_fp16_overflow_step_is_skipped(name: str, inject: str) -> None:
     assert opt.diagnostics["n_steps"] == n_steps - 1
     # Training went on after the skip: the losses after it keep falling below the last one before.
     assert losses[-1] < losses[bad_step - 1]
-    assert _fp32_loss(model, x, y) < losses[0]
+    assert fp32_loss(model, x, y) < losses[0]
