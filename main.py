@@ -7,10 +7,11 @@
 
 Exit status: 0 when every run started finished. A single run that did not exits with 2 (a bad
 input or a refused run directory: nothing was written), 3 (training diverged), 143 (SIGTERM: a
-checkpoint is written) or 1 (any other failure; the record says ``failed`` with the error). A
-multirun goes through all its runs and exits with 1 if any of them did not finish (SIGTERM ends
-it at once, with 143); one whose swept keys do not all reach the runs' folder names starts
-nothing and exits with 2 (experiments/sweeps.py).
+checkpoint is written), 140 (under SLURM, the time limit's SIGUSR2: a checkpoint is written and
+the job requeued) or 1 (any other failure; the record says ``failed`` with the error). A
+multirun goes through all its runs and exits with 1 if any of them did not finish (a stop signal
+ends it at once, with 128 + the signal); one whose swept keys do not all reach the runs' folder
+names starts nothing and exits with 2 (experiments/sweeps.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from experiments.config import ConfigError, register_schema
 from experiments.distributed import is_main_process
 from experiments.run_dir import made_for_this_process
 from experiments.runner import run
-from experiments.trainer import Interrupted, TrainingDiverged
+from experiments.signals import Interrupted
+from experiments.slurm import TIME_LIMIT_SIGNAL, SlurmJob
+from experiments.trainer import TrainingDiverged
 
 register_schema()
 # Taken before Hydra makes any directory: a run directory that appeared after it is this
@@ -81,6 +84,10 @@ def invocation(cfg: DictConfig) -> dict[str, str]:
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if SlurmJob.current() is not None:
+        # The run answers the time limit's warning itself; outside it the warning is ignored, so
+        # that it cannot reach submitit's handler, which would requeue a job whose run finished.
+        signal.signal(TIME_LIMIT_SIGNAL, signal.SIG_IGN)
     own_dir = made_for_this_process(run_dir, LAUNCHED)  # before anything is written there
     try:
         if hydra_cfg.mode == RunMode.RUN and not str(hydra_cfg.run.dir).strip():
@@ -92,8 +99,8 @@ def main(cfg: DictConfig) -> None:
     except TrainingDiverged as error:
         return fail(f"failed: {error} (record: {run_dir})", 3)
     except Interrupted as error:
-        print(f"interrupted: {error} (record: {run_dir})", file=sys.stderr)
-        sys.exit(128 + signal.SIGTERM)
+        print(f"{'requeued' if error.requeued else 'interrupted'}: {error} (record: {run_dir})", file=sys.stderr)
+        sys.exit(error.exit_code)
     except OSError as error:  # the machine's fault (a full disk, a lost mount): one line, no traceback
         return fail(f"failed: {type(error).__name__}: {error} (record: {run_dir})", 1)
     if is_main_process():  # under torchrun, rank 0 alone reports: it wrote the record

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import json
 import math
 import random
 import time
@@ -33,10 +34,12 @@ from . import distributed, signals
 from .checkpoint import PAYLOAD_KEYS, load_latest_checkpoint
 from .config import ConfigError, Device, check_config
 from .data import DataBundle
-from .logging import Loggers, RunRecord, WandbSink, check_wandb
+from .logging import SUMMARY, Loggers, RunRecord, WandbSink, check_wandb
 from .param_groups import DecayScope, parameter_groups
 from .run_dir import Claim, RunRefused, check_record, claimed, refuse_unusable_checkpoints
-from .trainer import Interrupted, Trainer
+from .signals import Interrupted, signal_name
+from .slurm import TIME_LIMIT_SIGNAL, SlurmJob
+from .trainer import Trainer
 
 
 def seed_everything(seed: int) -> None:
@@ -99,27 +102,47 @@ def run(cfg: DictConfig, run_dir: Path, *, own_dir: bool = False,
     Under ``torchrun`` every rank calls this: each joins the process group, trains its shard of
     the data through DistributedDataParallel, and leaves the group at the end (also on failure).
     Only rank 0 claims the run directory and writes the run record, wandb and the checkpoints, in
-    rank 0's ``run_dir``.
+    rank 0's ``run_dir``. The same holds for the tasks of an ``srun`` step of a SLURM job.
+
+    Under SLURM, a requeued attempt of the job that wrote the record continues it (as with
+    ``trainer.resume=true``), and a run stopped by the time limit's warning requeues its job
+    (:func:`_requeue_if_cut_by_time_limit`).
     """
     # Rank 0 alone claims the directory, first: it alone writes there, and a refused run (a bad
     # config included) then leaves the directory as it found it.
     claim = claimed(run_dir, own_dir) if distributed.is_main_process() else contextlib.nullcontext()
-    with signals.sigterm_raises(_stopped_before_training), claim as held:
+    with signals.stop_signals_raise(_stopped_before_training), claim as held:
         process = distributed.setup(pick_device(cfg.trainer.device))
         try:
             run_dir = Path(distributed.broadcast_from_main(str(run_dir)))
+            job = SlurmJob.current()
+            if process.is_main and _continues_requeued_job(run_dir, job):
+                cfg.trainer.resume = True
+            cfg.trainer.resume = distributed.broadcast_from_main(str(cfg.trainer.resume)) == "True"
             check_config(cfg)
             if cfg.logger.wandb is not None:
                 check_wandb(cfg.logger.wandb)
             checkpoint = _agreed_resume_point(cfg, run_dir, process)
-            return _run(cfg, run_dir, process, checkpoint, held, invocation)
+            return _run(cfg, run_dir, process, checkpoint, held, invocation, job)
         finally:
             distributed.teardown()
 
 
-def _stopped_before_training() -> Interrupted:
-    return Interrupted("stopped by SIGTERM before training began in this process; "
-                       "start it again with trainer.resume=true")
+def _stopped_before_training(signum: int) -> Interrupted:
+    return Interrupted(f"stopped by {signal_name(signum)} before training began in this process; "
+                       "start it again with trainer.resume=true", signum)
+
+
+def _continues_requeued_job(run_dir: Path, job: SlurmJob | None) -> bool:
+    """Whether this process is a requeued attempt of the SLURM job whose earlier attempt wrote the
+    record in ``run_dir``: SLURM starts the same command again, which must continue that record."""
+    if job is None or job.restarts == 0:
+        return False
+    try:
+        recorded = json.loads((run_dir / SUMMARY).read_text()).get("slurm_job_id")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded == job.job_id
 
 
 def _agreed_resume_point(cfg: DictConfig, run_dir: Path,
@@ -158,7 +181,7 @@ def _build(cfg: DictConfig, process: distributed.Process) -> tuple[DataBundle, A
 
 
 def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoint: dict[str, Any] | None,
-         claim: Claim | None, invocation: Mapping[str, str] | None) -> dict[str, Any]:
+         claim: Claim | None, invocation: Mapping[str, str] | None, job: SlurmJob | None) -> dict[str, Any]:
     if cfg.trainer.threads is not None:  # before the data and model: building them uses threads too
         torch.set_num_threads(cfg.trainer.threads)
     header = {
@@ -166,10 +189,14 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
         "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
         "world_size": process.world_size, "versions": versions(),
     }
+    if job is not None:  # which job wrote the record, and how often it was requeued
+        header.update(slurm_job_id=job.job_id, slurm_restarts=job.restarts)
+    start_step = checkpoint["trainer"]["step"] if checkpoint else 0
     # Only rank 0 writes the record and wandb; the other ranks log nowhere.
     record = RunRecord(run_dir) if process.is_main else None
     loggers = Loggers(record, [])
     trainer: Trainer | None = None
+    stopped: Interrupted | None = None
     started = time.perf_counter()
     # A record that exists (a resume) says at once that it runs again, so that nothing that ends
     # this process leaves its old status; a fresh run writes nothing until its data and model are
@@ -206,13 +233,41 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
         if trainer is not None:
             summary.update(steps=trainer.state.step, final_loss=trainer.state.last_loss,
                            bad_steps=trainer.state.bad_steps)
+        stopped = error if isinstance(error, Interrupted) else None
         raise
     finally:
         summary["wall_time"] = time.perf_counter() - started
         if record is None or record.has_begun:  # else nothing was written, and nothing is now
-            with signals.sigterm_ignored():  # the record is written in full, whatever arrives now
+            with signals.stop_signals_ignored():  # the record is written in full, whatever arrives now
+                if stopped is not None and job is not None and process.is_main:
+                    progressed = trainer is not None and trainer.state.step > start_step
+                    _requeue_if_cut_by_time_limit(stopped, summary, job, progressed)
                 loggers.finish(summary)
     return summary
+
+
+def _requeue_if_cut_by_time_limit(stopped: Interrupted, summary: dict[str, Any], job: SlurmJob,
+                                  progressed: bool) -> None:
+    """Under SLURM: a run stopped by the time limit's warning (its checkpoint written) asks SLURM
+    to run its job again, which continues from that checkpoint, and is recorded ``requeued``. Only
+    an attempt that made progress requeues, so that a time limit too short for even one step ends
+    the job instead of requeueing it forever. A SIGTERM needs no requeue from us: SLURM sends it
+    when it pre-empts or requeues the job itself (or cancels it); the record says so."""
+    if stopped.signum != TIME_LIMIT_SIGNAL:
+        summary["error"] += (f"; SLURM job {job.job_id} was pre-empted, requeued or cancelled: a requeued "
+                             "job continues from the last checkpoint")
+        return
+    if not progressed:
+        summary["error"] += ("; not requeued: this attempt made no step before the time limit's warning "
+                             "(give the job a longer time limit)")
+        return
+    try:
+        job.requeue()
+    except OSError as error:
+        summary["error"] += f"; not requeued: {error}"
+        return
+    stopped.requeued = True
+    summary["status"] = "requeued"
 
 
 def _begin(record: RunRecord, header: dict[str, Any], claim: Claim | None) -> None:

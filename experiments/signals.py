@@ -1,13 +1,15 @@
-"""SIGTERM outside the training loop: recorded, never a silent death.
+"""The signals that stop a run, and what they do in each phase of it: never a silent death.
 
-While it trains, the trainer turns SIGTERM into "checkpoint after this step and stop". Before
-that (building the data and the model, loading a checkpoint) the default action would end the
-process on the spot and leave the record's summary at ``running``; :func:`sigterm_raises` makes
-the signal an exception there instead, which the runner records as ``interrupted``. While the
-final summary is written, :func:`sigterm_ignored` lets nothing cut it short.
+:func:`stop_signals` are SIGTERM (``kill``, a pre-emption, ``scancel``, ``scontrol requeue``) and,
+under SLURM, SIGUSR2, the warning ``sbatch --signal=USR2@<seconds>`` sends before the time limit.
+While it trains, the trainer turns them into "checkpoint after this step and stop"
+(:func:`on_stop_signals`). Before that (building the data and the model, loading a checkpoint) the
+default action would end the process on the spot and leave the record's summary at ``running``;
+:func:`stop_signals_raise` makes them an exception there instead, which the runner records. While
+the final summary is written, :func:`stop_signals_ignored` lets nothing cut it short.
 
-Signal handlers belong to the main thread: elsewhere (a run started from a worker thread) both
-are no-ops and SIGTERM keeps whatever handling the process has.
+Signal handlers belong to the main thread: elsewhere (a run started from a worker thread) all
+three are no-ops and the signals keep whatever handling the process has.
 """
 
 from __future__ import annotations
@@ -18,32 +20,65 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .slurm import TIME_LIMIT_SIGNAL, SlurmJob
+
+
+class Interrupted(RuntimeError):
+    """A stop signal ended the run (after writing a checkpoint, once training had begun)."""
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.requeued = False  # the run's SLURM job was put back into the queue (experiments/runner.py)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's code for a process ended by the signal: 143 for SIGTERM, 140 for SIGUSR2."""
+        return 128 + self.signum
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop a run: SIGTERM, and under SLURM the time limit's SIGUSR2."""
+    return (signal.SIGTERM, TIME_LIMIT_SIGNAL) if SlurmJob.current() else (signal.SIGTERM,)
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
 
 @contextlib.contextmanager
-def sigterm_raises(exception: Callable[[], BaseException]) -> Iterator[None]:
-    """Within the body, SIGTERM raises ``exception()`` wherever the main thread is."""
+def on_stop_signals(callback: Callable[[int], None]) -> Iterator[None]:
+    """Within the body, a stop signal calls ``callback(signum)`` and nothing else."""
+    with _handling(lambda signum, frame: callback(signum)):
+        yield
+
+
+@contextlib.contextmanager
+def stop_signals_raise(exception: Callable[[int], BaseException]) -> Iterator[None]:
+    """Within the body, a stop signal raises ``exception(signum)`` wherever the main thread is."""
 
     def handler(signum: int, frame: Any) -> None:
-        raise exception()
+        raise exception(signum)
 
-    with _sigterm_handler(handler):
+    with _handling(handler):
         yield
 
 
 @contextlib.contextmanager
-def sigterm_ignored() -> Iterator[None]:
-    """Within the body, SIGTERM is ignored."""
-    with _sigterm_handler(signal.SIG_IGN):
+def stop_signals_ignored() -> Iterator[None]:
+    """Within the body, the stop signals are ignored."""
+    with _handling(signal.SIG_IGN):
         yield
 
 
 @contextlib.contextmanager
-def _sigterm_handler(handler: Any) -> Iterator[None]:
+def _handling(handler: Any) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in stop_signals()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)

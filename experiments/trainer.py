@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -34,7 +32,8 @@ from .checkpoint import capture_rng, restore_rng, save_checkpoint
 from .config import Precision, TrainerConfig
 from .data import DataBundle
 from .data.collate import InMemoryPairs
-from .distributed import mean_over_ranks
+from .distributed import max_over_ranks, mean_over_ranks
+from .signals import Interrupted, on_stop_signals, signal_name
 
 Batch = dict[str, Tensor]
 from .logging import Loggers
@@ -42,10 +41,6 @@ from .logging import Loggers
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
-
-
-class Interrupted(RuntimeError):
-    """SIGTERM (e.g. a SLURM pre-emption) stopped the run after writing a checkpoint."""
 
 
 class EpochSampler(Sampler[list[int]]):
@@ -159,7 +154,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(math.ceil(len(data.train) / world_size) / self.examples_per_step)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.language_modeling = data.spec.task == "language_modeling"
-        self._stop_requested = threading.Event()
+        self._stop_signal = 0  # the first stop signal received while training (0: none)
 
     # -- state ------------------------------------------------------------------------------
     def checkpoint_payload(self) -> dict[str, Any]:
@@ -408,7 +403,9 @@ class Trainer:
         state = self.state
         progress = tqdm(total=self.total_steps, initial=state.step, disable=not self.cfg.progress,
                         desc="train", dynamic_ncols=True)
-        with self._checkpoint_on_sigterm():
+        # A stop signal (SIGTERM; SLURM's time-limit SIGUSR2) means "checkpoint after this step
+        # and stop" while training, and "finish the final evaluation and checkpoint" after it.
+        with on_stop_signals(self._request_stop):
             self._train(progress)
             progress.close()
             # The trained model is the evaluation weights: those of the final evaluation and
@@ -445,37 +442,29 @@ class Trainer:
                 state.timing["data"] += t1 - t0
                 state.timing["step"] += t2 - t1
                 state.timing["bookkeeping"] += t3 - t2
-                if self._stop_agreed():
+                signum = self._stop_agreed()
+                if signum:
                     with self._evaluation_weights():
                         self._checkpoint()
                     raise Interrupted(
-                        f"stopped by SIGTERM after step {state.step}; a checkpoint is written: "
-                        "continue with trainer.resume=true"
+                        f"stopped by {signal_name(signum)} after step {state.step}; a checkpoint is written: "
+                        "continue with trainer.resume=true", signum
                     )
                 if state.step >= self.total_steps:
                     break
                 t0 = time.perf_counter()
 
-    def _stop_agreed(self) -> bool:
-        """Whether any rank received SIGTERM: the ranks see the signal between different steps,
-        and all must stop after the same one (rank 0 would otherwise wait for the others)."""
-        stop = self._stop_requested.is_set()
-        if self.world_size > 1:
-            stop = bool(mean_over_ranks(torch.tensor(float(stop), device=self.device)) > 0)
-        return stop
+    def _request_stop(self, signum: int) -> None:
+        self._stop_signal = self._stop_signal or signum
 
-    @contextlib.contextmanager
-    def _checkpoint_on_sigterm(self) -> Iterator[None]:
-        """Turn SIGTERM into 'checkpoint after this step and stop' while training (and 'finish
-        the final evaluation and checkpoint' after the last step)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signal handlers can only be installed from the main thread
-            return
-        previous = signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_requested.set())
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+    def _stop_agreed(self) -> int:
+        """The stop signal that any rank received (0: none; the larger number where ranks saw
+        different ones): the ranks see a signal between different steps, and all must stop after
+        the same one (rank 0 would otherwise wait for the others)."""
+        signum = self._stop_signal
+        if self.world_size > 1:
+            signum = int(max_over_ranks(torch.tensor(signum, device=self.device)))
+        return signum
 
     def _count_bad_step(self, bad: bool) -> None:
         """Steps with a non-finite loss or gradient are skipped by the step itself; only a storm
