@@ -36,6 +36,7 @@ from .param_groups import DecayScope
 class Precision(enum.Enum):
     fp32 = "fp32"
     bf16 = "bf16"
+    fp16 = "fp16"  # float16 autocast without a GradScaler: the GPT-2 fork's AdamW run (train_old.py)
 
 
 class Device(enum.Enum):
@@ -53,10 +54,14 @@ class WandbMode(enum.Enum):
 @dataclass
 class ScheduleConfig:
     """Cosine decay with linear warm-up (the paper's baselines), stepped every batch:
-    factor(t) = (t / W if t <= W else 1) * (final + (1 - final) * 0.5 (1 + cos(pi t / T))),
-    W = ceil(warmup_fraction * T)."""
+    factor(t) = (t / W if t <= W else 1) * (final + (1 - final) * 0.5 (1 + cos(pi s)))
+    with W = ceil(warmup_fraction * T) (or ``warmup_steps``) and s = t / T, the paper's NLP
+    schedule, or, with ``cosine_after_warmup``, s = (t - W) / (T - W) from W on (nanoGPT's
+    ``get_lr``: the cosine starts where the warm-up ends)."""
 
     warmup_fraction: float = 0.1
+    warmup_steps: Optional[int] = None  # a fixed W (nanoGPT's warmup_iters); overrides warmup_fraction
+    cosine_after_warmup: bool = False
     final_factor: float = 0.0
 
 
@@ -66,7 +71,7 @@ class OptimizerConfig:
     label: str = MISSING  # the column name in tables, e.g. "ADAM-SaLSa"
     build: Any = MISSING  # {_target_: ..., **kwargs}; the runner passes params=
     schedule: Optional[ScheduleConfig] = None
-    weight_decay_on: DecayScope = DecayScope.all  # matrices: nanoGPT's groups (no decay on 1-D)
+    weight_decay_on: DecayScope = DecayScope.all  # linear: nanoGPT's groups (linear weights only)
 
 
 @dataclass
@@ -88,10 +93,18 @@ class TrainerConfig:
     max_steps: Optional[int] = None  # overrides epochs when set; counts optimizer steps
     batch_size: int = 32  # the micro-batch: a step sees batch_size * accumulation_steps examples
     accumulation_steps: int = 1  # micro-batches whose gradients one optimizer step accumulates
+    # true: the step's gradient is the sum of the micro-batch gradients, not their mean (the GPT-2
+    # fork's train_old.py never divided the loss by the accumulation steps), and the clip acts on
+    # that sum; the logged loss stays the mean. Plain PyTorch optimizers only.
+    accumulation_sum: bool = False
     eval_batch_size: Optional[int] = None  # default: batch_size
     eval_interval: int = 0  # steps between evaluations; 0: at the end of every epoch
     log_interval: int = 1  # steps between metric rows
     precision: Precision = Precision.fp32
+    # TF32 for float32 matmuls and cuDNN (torch.backends.*.allow_tf32), set before the model is
+    # built: true or false sets both; null keeps PyTorch's defaults (matmuls off, cuDNN on). The
+    # GPT-2 fork set both on.
+    tf32: Optional[bool] = None
     compile: bool = False
     checkpoint_interval: int = 0  # steps between checkpoints; 0: only at the end
     keep_checkpoints: int = 2
@@ -178,6 +191,8 @@ def check_values(cfg: DictConfig) -> None:
     if schedule is not None:
         if not 0.0 <= schedule.warmup_fraction <= 1.0:
             raise ConfigError(f"optimizer.schedule.warmup_fraction must be in [0, 1], got {schedule.warmup_fraction}")
+        if schedule.warmup_steps is not None and schedule.warmup_steps < 0:
+            raise ConfigError(f"optimizer.schedule.warmup_steps must be >= 0, got {schedule.warmup_steps}")
         if not 0.0 <= schedule.final_factor <= 1.0:
             raise ConfigError(f"optimizer.schedule.final_factor must be in [0, 1], got {schedule.final_factor}")
 

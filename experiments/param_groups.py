@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import enum
+import sys
 from typing import Any
 
 from torch import nn
 
 
 class DecayScope(enum.Enum):
-    """``all``: every parameter decays (one param group). ``matrices``: only parameters of two or
-    more dimensions (weights of linear, convolution and embedding layers) decay; biases and
-    normalisation weights form a second group with ``weight_decay`` 0, as nanoGPT's
-    ``configure_optimizers`` builds them."""
+    """``all``: every parameter decays (one param group). ``linear``: nanoGPT's
+    ``configure_optimizers``: only the weights of linear layers decay; embeddings (an output layer
+    tied to the token embedding included), normalisation weights and biases form a second group
+    with ``weight_decay`` 0."""
 
     all = "all"
-    matrices = "matrices"
+    linear = "linear"
 
 
 def parameter_groups(model: nn.Module, scope: DecayScope) -> Any:
     """The ``params`` argument for the optimizer of ``model``: its trainable parameters, or the
-    two groups of ``scope=matrices`` (the first takes the optimizer's own ``weight_decay``)."""
+    two groups of ``scope=linear`` (the first takes the optimizer's own ``weight_decay``)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     if scope == DecayScope.all:
         return trainable
-    decayed = [p for p in trainable if p.dim() >= 2]
-    kept = [p for p in trainable if p.dim() < 2]
-    return [{"params": decayed}, {"params": kept, "weight_decay": 0.0}]
+    decayed = linear_weights(model)
+    return [
+        {"params": [p for p in trainable if id(p) in decayed]},
+        {"params": [p for p in trainable if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+
+
+def linear_weights(model: nn.Module) -> set[int]:
+    """The ids of the weights of ``model``'s linear layers that are not also an embedding's.
+
+    A linear layer is ``nn.Linear`` or Hugging Face's ``Conv1D`` (GPT-2's, the same layer with its
+    weight stored transposed). nanoGPT ties the output layer to the token embedding and leaves
+    that matrix undecayed (``decay.remove('lm_head.weight')``); so does this rule.
+    """
+    linear_types: tuple[type, ...] = (nn.Linear,)
+    hf_utils = sys.modules.get("transformers.pytorch_utils")  # a model can hold a Conv1D only if it is loaded
+    if hf_utils is not None:
+        linear_types += (hf_utils.Conv1D,)
+    modules = list(model.modules())
+    embeddings = {id(m.weight) for m in modules if isinstance(m, nn.Embedding)}
+    return {id(m.weight) for m in modules if isinstance(m, linear_types)} - embeddings

@@ -30,6 +30,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
+from optim import ClosureOptimizer
+
 from . import distributed, signals
 from .checkpoint import PAYLOAD_KEYS, load_latest_checkpoint
 from .config import ConfigError, Device, check_config
@@ -56,16 +58,35 @@ def pick_device(choice: Device) -> torch.device:
     return torch.device("cuda")
 
 
-def cosine_warmup(warmup_fraction: float, final_factor: float, total_steps: int):
-    """The paper's schedule as a LambdaLR factor: linear warm-up from 0 over
-    W = ceil(warmup_fraction * T) steps times a cosine from 1 to ``final_factor`` over T."""
-    warmup = math.ceil(warmup_fraction * total_steps)
+def cosine_warmup(warmup_fraction: float, final_factor: float, total_steps: int,
+                  warmup_steps: int | None = None, cosine_after_warmup: bool = False):
+    """The baselines' schedule as a LambdaLR factor: linear warm-up from 0 over
+    W = ceil(warmup_fraction * T) steps (or ``warmup_steps``) times a cosine from 1 to
+    ``final_factor``, over T (the paper's NLP runs) or over the T - W steps after the warm-up
+    (``cosine_after_warmup``: nanoGPT's ``get_lr``)."""
+    warmup = math.ceil(warmup_fraction * total_steps) if warmup_steps is None else warmup_steps
+    start = warmup if cosine_after_warmup else 0
 
     def factor(step: int) -> float:
-        cosine = final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+        if step < start:  # nanoGPT's warm-up: lr * t / W, no cosine yet
+            return step / warmup
+        progress = min(step - start, total_steps - start) / max(total_steps - start, 1)
+        cosine = final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
         return cosine * (step / warmup if step <= warmup and warmup else 1.0)
 
     return factor
+
+
+def set_tf32(enabled: bool | None) -> None:
+    """``trainer.tf32``: TF32 for float32 matmuls and cuDNN, or (``None``) PyTorch's defaults."""
+    if enabled is not None:
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def tf32_in_use() -> dict[str, bool]:
+    """The TF32 switches as this run has them, for its summary."""
+    return {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
 
 
 def versions() -> dict[str, str]:
@@ -177,6 +198,9 @@ def _build(cfg: DictConfig, process: distributed.Process) -> tuple[DataBundle, A
         device_ids = [device.index] if device.type == "cuda" else None
         forward_model = DistributedDataParallel(model, device_ids=device_ids)
     optimizer = build(cfg, "optimizer", params=parameter_groups(model, DecayScope(cfg.optimizer.weight_decay_on)))
+    if cfg.trainer.accumulation_sum and isinstance(optimizer, ClosureOptimizer):
+        raise ConfigError("trainer.accumulation_sum=true is for plain optimizers: a line search compares "
+                          "the mean loss with its gradient")
     return data, model, forward_model, optimizer
 
 
@@ -184,10 +208,11 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
          claim: Claim | None, invocation: Mapping[str, str] | None, job: SlurmJob | None) -> dict[str, Any]:
     if cfg.trainer.threads is not None:  # before the data and model: building them uses threads too
         torch.set_num_threads(cfg.trainer.threads)
+    set_tf32(cfg.trainer.tf32)
     header = {
         "run_dir": str(run_dir), "optimizer": cfg.optimizer.name, "label": cfg.optimizer.label,
         "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
-        "world_size": process.world_size, "versions": versions(),
+        "world_size": process.world_size, "versions": versions(), "tf32": tf32_in_use(),
     }
     if job is not None:  # which job wrote the record, and how often it was requeued
         header.update(slurm_job_id=job.job_id, slurm_restarts=job.restarts)
@@ -221,7 +246,8 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
         if cfg.optimizer.schedule is not None:
             schedule = cfg.optimizer.schedule
             trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, cosine_warmup(schedule.warmup_fraction, schedule.final_factor, trainer.total_steps)
+                optimizer, cosine_warmup(schedule.warmup_fraction, schedule.final_factor, trainer.total_steps,
+                                         schedule.warmup_steps, schedule.cosine_after_warmup)
             )
         if checkpoint is not None:
             trainer.load(checkpoint)

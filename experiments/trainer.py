@@ -187,6 +187,8 @@ class Trainer:
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.precision == Precision.bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.cfg.precision == Precision.fp16:  # no GradScaler: the fork's train_old.py had it commented out
+            return torch.autocast(self.device.type, dtype=torch.float16)
         return contextlib.nullcontext()
 
     def make_closure(self, batch: dict[str, Tensor]) -> Callable[..., Tensor]:
@@ -238,6 +240,9 @@ class Trainer:
                 part.backward()
             parts.append(part.detach())
         loss = torch.stack(parts).sum()  # summed as the trials sum: a trial at eta = 0 gives L0
+        if self.cfg.accumulation_sum:  # the gradient of the summed micro-batch losses, then the clip
+            torch._foreach_mul_([p.grad for p in self.model.parameters() if p.grad is not None],
+                                float(len(micro_batches)))
         self._clip_gradients()
         if not isinstance(self.optimizer, ClosureOptimizer):
             return self._plain_step(loss)

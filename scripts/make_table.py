@@ -12,6 +12,10 @@ The final training loss is read off a smoothed curve (docs/protocol.md, "The tab
   steps the trainer skipped - are left out, as the trainer's own EMA does.
 * ``--smoothing ema``: the trainer's bias-corrected EMA at the last step (``final_smoothed_loss``
   in ``summary.json``, β = ``trainer.loss_smoothing``).
+* ``--smoothing authors``: the authors' ``exp_smoothing`` (``plot.py`` of their development
+  repository SLSforDifferentLayers, 4311114): an EMA with β 0.99 started at the first logged loss,
+  without bias correction, at the last row. They apply it to the mean curve over seeds; an EMA is
+  linear, so the mean over seeds of each run's EMA is the same number for runs of equal length.
 
 Summary rows:
 
@@ -31,7 +35,7 @@ working directory), the Markdown on stdout and the path of every file written on
 Usage::
 
     python scripts/make_table.py [RUN_ROOT ...] [--wandb ENTITY/PROJECT] [--paper]
-        [--smoothing last1pct|ema] [--metrics loss,accuracy,perplexity,time] [--out results]
+        [--smoothing last1pct|ema|authors] [--metrics loss,accuracy,perplexity,time] [--out results]
 
 RUN_ROOT defaults to ``multirun outputs`` (without ``--wandb``).
 """
@@ -82,19 +86,39 @@ def last_percent_loss(run: Run) -> float | None:
     return float(finite.mean()) if finite.size else math.nan
 
 
+def authors_ema_loss(run: Run, beta: float = 0.99) -> float | None:
+    """The authors' ``exp_smoothing`` at the last logged row: s_0 = L_0, s_i = beta s_(i-1) +
+    (1 - beta) L_i. Non-finite losses (skipped steps) are left out, as in ``last_percent_loss``."""
+    if run.train.empty:
+        return None
+    losses = run.train["loss"].to_numpy(dtype=float)
+    losses = losses[np.isfinite(losses)]
+    if not losses.size:
+        return math.nan
+    weights = (1 - beta) * beta ** np.arange(losses.size - 1, -1, -1, dtype=float)
+    weights[0] = beta ** (losses.size - 1)  # the first loss starts the average with weight 1
+    return float(weights @ losses)
+
+
 LOSS_DEFINITIONS = {
     "last1pct": "Final training loss: mean of the per-batch training loss over the last 1 % of logged "
     "training rows (at least one row; non-finite losses of skipped steps left out).",
     "ema": "Final training loss: the trainer's bias-corrected EMA of the per-batch training loss at "
     "the last step (β = trainer.loss_smoothing; summary's final_smoothed_loss).",
+    "authors": "Final training loss: the authors' smoothing (plot.py's exp_smoothing): an EMA with "
+    "β 0.99 of the per-batch training loss, started at the first logged loss, at the last row.",
+}
+LOSS_VALUES: dict[str, Callable[[Run], float | None]] = {
+    "last1pct": last_percent_loss,
+    "ema": lambda r: r.final("final_smoothed_loss"),
+    "authors": authors_ema_loss,
 }
 
 
 def metric(key: str, smoothing: str) -> Metric:
     """The metric ``key`` (loss | accuracy | perplexity | time); ``smoothing`` picks the loss's."""
     if key == "loss":
-        value = last_percent_loss if smoothing == "last1pct" else (lambda r: r.final("final_smoothed_loss"))
-        return Metric("loss", "Final training loss", LOSS_DEFINITIONS[smoothing], False, value)
+        return Metric("loss", "Final training loss", LOSS_DEFINITIONS[smoothing], False, LOSS_VALUES[smoothing])
     if key == "accuracy":
         return Metric(key, "Final validation accuracy", "Validation accuracy at the last evaluation "
                       "(summary's final_val_accuracy).", True, lambda r: r.final("final_val_accuracy"))

@@ -81,6 +81,24 @@ def test_ema_smoothing_reads_the_summary(tmp_path):
     assert table_of(tmp_path, smoothing="ema").mean.iloc[0, 0] == 0.25
 
 
+def authors_exp_smoothing(values: list[float], beta: float = 0.99) -> list[float]:
+    """``exp_smoothing`` of the authors' plot.py (SLSforDifferentLayers at 4311114), restated: the
+    first value as it is, then beta * previous + (1 - beta) * value."""
+    smoothed = [values[0]]
+    for value in values[1:]:
+        smoothed.append(beta * smoothed[-1] + (1 - beta) * value)
+    return smoothed
+
+
+def test_authors_smoothing_is_their_ema_of_the_seed_mean(tmp_path):
+    runs = [[4.0, 2.0, 1.0] * 40, [2.0, 1.0, 3.0] * 40]
+    for seed, losses in enumerate(runs):
+        write_run(tmp_path / str(seed), [*losses[:-1], "nan", losses[-1]], seed=seed)  # a skipped step
+    mean_curve = [(a + b) / 2 for a, b in zip(*runs)]  # plot.py smooths the mean over seeds
+    expected = authors_exp_smoothing(mean_curve)[-1]
+    assert table_of(tmp_path, smoothing="authors").mean.iloc[0, 0] == pytest.approx(expected, rel=1e-12)
+
+
 def test_cell_is_mean_and_sample_std_over_seeds(tmp_path):
     for seed, loss in enumerate([1.0, 2.0, 4.0]):
         write_run(tmp_path / f"s{seed}", [10.0, loss], seed=seed)

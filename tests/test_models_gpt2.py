@@ -69,8 +69,15 @@ def test_nanogpt_settings_tied_embeddings_and_no_dropout(model):
     assert net.lm_head.weight is net.transformer.wte.weight
     config = net.config
     assert (config.resid_pdrop, config.embd_pdrop, config.attn_pdrop) == (0.0, 0.0, 0.0)
-    assert config.activation_function == "gelu"
+    assert config.activation_function == "gelu_new"  # nanoGPT's new_gelu, the tanh approximation
     assert config.n_positions == 16
+    assert not [name for name, _ in model.named_parameters() if name.endswith("bias")]
+
+
+def test_biases_and_the_exact_gelu_on_request():
+    net = gpt2(SPEC, **TINY, bias=True, activation="gelu").model
+    assert net.config.activation_function == "gelu"
+    assert net.transformer.h[0].attn.c_attn.bias.requires_grad and net.transformer.ln_f.bias is not None
 
 
 def test_vocab_size_none_takes_the_tokenizers_and_too_small_is_rejected():
@@ -81,7 +88,7 @@ def test_vocab_size_none_takes_the_tokenizers_and_too_small_is_rejected():
 
 def test_the_default_is_gpt2_124m_with_vocab_50304():
     with torch.device("meta"):  # shapes only, nothing allocated
-        model = gpt2(DataSpec("language_modeling", vocab_size=50257))
+        model = gpt2(DataSpec("language_modeling", vocab_size=50257), bias=True)
     vocab, dim, layers, block = 50304, 768, 12, 1024
     assert vocab % 64 == 0 and vocab >= 50257
     layer_norms = 2 * (dim + dim)  # two, each with a weight and a bias
@@ -92,3 +99,7 @@ def test_the_default_is_gpt2_124m_with_vocab_50304():
     parameters = list(model.parameters())
     assert all(p.is_meta for p in parameters)
     assert sum(p.numel() for p in parameters) == expected == 124_475_904
+    with torch.device("meta"):
+        without_biases = gpt2(DataSpec("language_modeling", vocab_size=50257))
+    biases = layers * (2 * dim + 3 * dim + dim + 4 * dim + dim) + dim  # and ln_f's
+    assert sum(p.numel() for p in without_biases.parameters()) == expected - biases == 124_373_760

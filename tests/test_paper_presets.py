@@ -7,9 +7,8 @@ The expected values are read from the authors' code, not from our configs:
   defaults the columns inherit: init eta 0.1, backtrack 0.9, gamma 2 over 500 batches, 200 trials).
 * Images: ``test/image_classifier.py`` and ``test/run_multiple_img.py`` (batch 128, the line
   searches built without speed_up, Adam 1e-3 / SGD 0.1 flat).
-* GPT-2: the nanoGPT fork's ``train.py`` and ``config/train_gpt2.py`` of October 2023 (18 x 28
-  sequences of 1024, float32, warm-up 0, cosine from 6e-4 to 6e-5 over 600,000 steps, AdamW
-  betas (0.9, 0.95) with weight decay 0.1 on 2-D weights, clipping 1.0).
+* GPT-2: the line-search columns are the NLP presets (the fork builds none of them); the ADAM and
+  SGD columns, the model and the pipeline are pinned against the fork in ``test_gpt2_fork.py``.
 """
 
 from __future__ import annotations
@@ -72,7 +71,9 @@ def test_nlp_columns(capsys, tmp_path, task):
         cfg = composed(capsys, tmp_path, "nlp", task, column)
         assert (cfg.optimizer.build._target_, cfg.optimizer.build.lr) == (target, lr)
         assert cfg.optimizer.build.get("momentum", 0.0) == 0.0
-        assert OmegaConf.to_container(cfg.optimizer.schedule) == {"warmup_fraction": 0.1, "final_factor": 0.0}
+        assert OmegaConf.to_container(cfg.optimizer.schedule) == {
+            "warmup_fraction": 0.1, "warmup_steps": None, "cosine_after_warmup": False, "final_factor": 0.0
+        }
     trainer, data, model = cfg.trainer, cfg.dataset.build, cfg.model
     assert (trainer.batch_size, trainer.accumulation_steps, trainer.epochs, trainer.shuffle) == (32, 1, 5, False)
     assert (data.task, data.max_length, data.order) == (task, 256, "tfds")
@@ -93,32 +94,6 @@ def test_image_columns(capsys, tmp_path, task):
         assert cfg.model.build.init == "pytorch"
 
 
-def test_gpt2_columns(capsys, tmp_path):
+def test_gpt2_line_search_columns(capsys, tmp_path):
     for column in LINE_SEARCHES:  # the NLP presets (the row's version is not recorded)
         check_line_search(composed(capsys, tmp_path, "gpt2", "openwebtext", column), column, NLP_SPEED_UP[column])
-    cfg = composed(capsys, tmp_path, "gpt2", "openwebtext", "adam")
-    build_cfg = cfg.optimizer.build
-    assert (build_cfg._target_, build_cfg.lr, list(build_cfg.betas), build_cfg.weight_decay) == (
-        "torch.optim.AdamW", 6e-4, [0.9, 0.95], 0.1
-    )
-    assert OmegaConf.to_container(cfg.optimizer.schedule) == {"warmup_fraction": 0.0, "final_factor": 0.1}
-    assert cfg.optimizer.weight_decay_on.name == "matrices"
-    trainer = cfg.trainer
-    assert (trainer.batch_size, trainer.accumulation_steps, trainer.max_steps) == (18, 28, 600_000)
-    assert (trainer.precision.name, trainer.max_grad_norm) == ("fp32", 1.0)
-    assert (cfg.dataset.build.block_size, cfg.dataset.build.sampling) == (1024, "random_windows")
-    sgd = composed(capsys, tmp_path, "gpt2", "openwebtext", "sgd")
-    assert (sgd.optimizer.build.lr, sgd.optimizer.build.momentum) == (6e-4, 0.0)  # the fork's learning_rate
-    assert OmegaConf.to_container(sgd.optimizer.schedule) == {"warmup_fraction": 0.0, "final_factor": 0.1}
-
-
-def test_gpt2_adamw_decays_only_matrices(capsys, tmp_path):
-    """nanoGPT's configure_optimizers: parameters of two or more dimensions decay, the rest not."""
-    from experiments.param_groups import DecayScope, parameter_groups
-
-    model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4), nn.Linear(4, 2))
-    decayed, kept = parameter_groups(model, DecayScope.matrices)
-    assert [tuple(p.shape) for p in decayed["params"]] == [(10, 4), (2, 4)]
-    assert [tuple(p.shape) for p in kept["params"]] == [(4,), (4,), (2,)] and kept["weight_decay"] == 0.0
-    opt = torch.optim.AdamW(parameter_groups(model, DecayScope.matrices), lr=6e-4, weight_decay=0.1)
-    assert [group["weight_decay"] for group in opt.param_groups] == [0.1, 0.0]

@@ -188,7 +188,7 @@ def job_overrides(cmd: list[str]) -> list[str]:
     ("image", "cifar10", "salsa_sgd", {"speed_up": False}),
     ("image", "cifar10", "prodigy", {"lr": 1.0}),  # the extra columns keep their documented defaults
     ("gpt2", "openwebtext", "adam",
-     {"lr": 6e-4, "weight_decay": 0.1, "betas": [0.9, 0.95], "max_grad_norm": 1.0, "batch_size": 18}),
+     {"lr": 6e-4, "weight_decay": 0.1, "betas": [0.9, 0.95], "max_grad_norm": 1.0, "batch_size": 12}),
     ("mini", "digits", "adam", {"lr": 1e-3, "schedule": False, "max_steps": 500}),
     ("mini", "digits", "sgd", {"lr": 0.1, "schedule": False}),
     ("mini", "rotten_tomatoes", "sgd", {"lr": 0.1, "max_steps": 150}),
