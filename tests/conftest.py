@@ -74,3 +74,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """The local single-node SLURM cluster (``tests/slurm_cluster.py``); skips where it cannot start."""
+    import slurm_cluster as local
+
+    cluster, why_not, started_here = local.start()
+    if cluster is None:
+        pytest.skip(f"no local SLURM cluster: {why_not}")
+    yield cluster
+    if started_here:
+        local.stop()
