@@ -6,9 +6,11 @@
     python main.py trainer.resume=true hydra.run.dir=<run dir>   # continue a killed run
 
 Exit status: 0 when every run started finished. A single run that did not exits with 2 (a bad
-input or a refused run directory: nothing was written), 3 (training diverged), 143 (SIGTERM: a
-checkpoint is written), 140 (under SLURM, the time limit's SIGUSR2: a checkpoint is written and
-the job requeued) or 1 (any other failure; the record says ``failed`` with the error). A
+input, also one Hydra finds while composing the config or making the run directory, or a refused
+run directory: nothing was written), 3 (training diverged), 128 + the signal for a stop signal
+(143 SIGTERM, 130 SIGINT/Ctrl-C, 129 SIGHUP: a checkpoint is written once training began; 140
+under SLURM, the time limit's SIGUSR2: the job is also requeued) or 1 (any other failure; the
+record says ``failed`` with the error). A
 multirun goes through all its runs and exits with 1 if any of them did not finish (a stop signal
 ends it at once, with 128 + the signal); one whose swept keys do not all reach the runs' folder
 names starts nothing and exits with 2 (experiments/sweeps.py).
@@ -27,11 +29,12 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.composition import BAD_INPUT, answer, hydra_failures_raised
 from experiments.config import ConfigError, register_schema
 from experiments.distributed import is_main_process
 from experiments.run_dir import made_for_this_process
 from experiments.runner import run
-from experiments.signals import Interrupted
+from experiments.signals import Interrupted, signal_name, stop_signals_raise
 from experiments.slurm import TIME_LIMIT_SIGNAL, SlurmJob
 from experiments.trainer import TrainingDiverged
 
@@ -90,9 +93,6 @@ def main(cfg: DictConfig) -> None:
         signal.signal(TIME_LIMIT_SIGNAL, signal.SIG_IGN)
     own_dir = made_for_this_process(run_dir, LAUNCHED)  # before anything is written there
     try:
-        if hydra_cfg.mode == RunMode.RUN and not str(hydra_cfg.run.dir).strip():
-            raise ConfigError("hydra.run.dir is empty: the record would be written into the working "
-                              "directory; give a folder, e.g. hydra.run.dir=outputs/<name>")
         summary = run(cfg, run_dir, own_dir=own_dir, invocation=invocation(cfg))
     except (ConfigError, FileNotFoundError) as error:  # a wrong setting, missing data, a refusal
         return fail(f"error: {error} (run: {run_dir})", 2)
@@ -101,6 +101,7 @@ def main(cfg: DictConfig) -> None:
     except Interrupted as error:
         print(f"{'requeued' if error.requeued else 'interrupted'}: {error} (record: {run_dir})", file=sys.stderr)
         sys.exit(error.exit_code)
+
     except OSError as error:  # the machine's fault (a full disk, a lost mount): one line, no traceback
         return fail(f"failed: {type(error).__name__}: {error} (record: {run_dir})", 1)
     if is_main_process():  # under torchrun, rank 0 alone reports: it wrote the record
@@ -108,5 +109,31 @@ def main(cfg: DictConfig) -> None:
         print(one_line(summary))
 
 
+def _stopped_before_the_run(signum: int) -> Interrupted:
+    return Interrupted(f"stopped by {signal_name(signum)} outside a run (while the config was composed, or "
+                       "after the run had ended): no run was cut short", signum)
+
+
+def launch() -> int:
+    """``main()`` with what Hydra would report itself (see experiments/composition.py) and a stop
+    signal outside the run (while Hydra composes, or after the outcome) answered in one line."""
+    try:
+        with stop_signals_raise(_stopped_before_the_run), hydra_failures_raised():
+            main()
+    except Interrupted as error:
+        print(f"interrupted: {error}", file=sys.stderr)
+        return error.exit_code
+    except RunFailed as error:  # a multirun with a failed run: as Hydra reports it
+        print(error, file=sys.stderr)
+        return 1
+    except Exception as error:
+        line = answer(error, [arg for arg in sys.argv[1:] if not arg.startswith("-")])
+        if line is None:
+            raise  # not a bad input: a bug, whose traceback is due
+        print(f"error: {line}", file=sys.stderr)
+        return BAD_INPUT
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(launch())

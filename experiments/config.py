@@ -15,6 +15,8 @@ import difflib
 import enum
 import importlib
 import inspect
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 from hydra.utils import instantiate
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue, OmegaConfBaseException
 
 from optim import ClosureOptimizer
 from optim.presets import PAPER_PRESETS, paper_optimizer
@@ -158,8 +160,49 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the key and what to do."""
 
 
+# Values that name folders and files (the run directory, the plots): a name, not a path.
+PATH_NAMES = ("optimizer.name", "model.name", "dataset.name")
+_NAME = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9_.+=-]*")
+MAX_THREADS = 4096  # more than any machine has cores; torch takes an int32
+
+
+def check_names(cfg: DictConfig) -> None:
+    """The values that name the run's folder are names: letters, digits and ``_.+=-``, not
+    empty, not starting with a dot (``..`` would climb out of ``outputs/``)."""
+    for key in PATH_NAMES:
+        value = OmegaConf.select(cfg, key, throw_on_missing=False)
+        if value is None or OmegaConf.is_missing(cfg, key):
+            continue
+        if not isinstance(value, str) or not _NAME.fullmatch(value) or len(value) > 100:
+            raise ConfigError(f"{key}={value!r} names the run's folder: use letters, digits and _.+=- "
+                              "(at most 100, not starting with a dot), e.g. optimizer.name=my_salsa")
+
+
+def check_interpolations(cfg: DictConfig) -> None:
+    """Every ``${...}`` resolves (an unset environment variable, a missing key, a cycle, an
+    unknown resolver fail here, naming the key, rather than wherever the value is first read).
+    ``???`` values are checked where they are needed."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except (MissingMandatoryValue, InterpolationToMissingValueError) as error:
+        raise ConfigError(f"{error.full_key}: a value it needs must be set ({error.msg})") from error
+    except OmegaConfBaseException as error:
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"{getattr(error, 'full_key', '') or 'the config'} does not resolve: {reason}") from error
+
+
+def check_finite(key: str, value: Any) -> None:
+    """NaN and inf pass every comparison-based range check (``nan <= 0`` is false)."""
+    if _is_number(value) and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+
+
 def check_values(cfg: DictConfig) -> None:
     """Range checks that types alone do not catch."""
+    check_names(cfg)
+    for key in ("trainer.loss_smoothing", "trainer.max_grad_norm", "optimizer.schedule.warmup_fraction",
+                "optimizer.schedule.final_factor"):
+        check_finite(key, OmegaConf.select(cfg, key))
     if cfg.seed not in NAMED_RANGES["seed"]:
         raise ConfigError(f"seed must be in {NAMED_RANGES['seed']} (numpy's seeds), got {cfg.seed}")
     trainer = cfg.trainer
@@ -180,6 +223,8 @@ def check_values(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if trainer.threads is not None and trainer.threads > MAX_THREADS:
+        raise ConfigError(f"trainer.threads must be at most {MAX_THREADS}, got {trainer.threads}")
     for key in ("eval_interval", "checkpoint_interval", "num_workers"):
         if trainer[key] < 0:
             raise ConfigError(f"trainer.{key} must be >= 0, got {trainer[key]}")
@@ -244,17 +289,35 @@ def _check_arguments(group: str, target: Any, build: dict, passed_by_runner: set
             continue  # handed on to something unknown, which checks it
         else:
             known = sorted(k for k in parameters if k not in passed_by_runner and k != "self")
-            raise ConfigError(f"{name}: {build['_target_']} has no parameter {key!r}; known: {known}")
+            raise ConfigError(f"{name}: {build['_target_']} has no parameter {key!r}; "
+                              f"{_did_you_mean(key, known, f'{group}.build.')}known: {known}")
         owner_parameters = inspect.signature(owner).parameters
         if key not in owner_parameters:
             known = sorted(k for k in owner_parameters if k not in passed_by_runner and k != "self")
             raise ConfigError(f"{name}: {owner.__qualname__} (which {build['_target_']} passes it to) "
-                              f"has no parameter {key!r}; known: {known}")
-        allowed = _expected_instead(value, _hints(owner).get(key), owner_parameters[key].default)
+                              f"has no parameter {key!r}; {_did_you_mean(key, known, f'{group}.build.')}"
+                              f"known: {known}")
+        default = owner_parameters[key].default
+        allowed = _expected_instead(value, _hints(owner).get(key), default)
+        if allowed is None:
+            allowed = _out_of_kind(value, default)
         if allowed is None and key in NAMED_RANGES and _is_number(value) and value not in NAMED_RANGES[key]:
             allowed = f"in {NAMED_RANGES[key]}"
         if allowed is not None:
             raise ConfigError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+
+
+def _out_of_kind(value: Any, default: Any) -> str | None:
+    """What a value of the right type still must be: finite (in a list too), unless the default
+    is infinite itself (Prodigy's ``growth_rate``: unbounded); not empty where the default is a
+    non-empty list (``model.build.channels``)."""
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    default_infinite = _is_number(default) and math.isinf(default)
+    if any(_is_number(v) and (math.isnan(v) or (math.isinf(v) and not default_infinite)) for v in numbers):
+        return "finite"
+    if isinstance(value, (list, tuple)) and not value and isinstance(default, (list, tuple)) and default:
+        return f"a non-empty list (default {list(default)})"
+    return None
 
 
 def _receiver_of_extra_keys(target: Any, build: dict) -> Any:
@@ -389,27 +452,53 @@ def _matches(value: Any, expected: type) -> bool:
     return isinstance(value, expected)
 
 
+# What users of other templates call the learning rate, and the keys it is here, in order: a
+# torch optimizer's, a line search's first trial step, L4's fraction of the predicted decrease.
+LEARNING_RATE_NAMES = ("lr", "learning_rate")
+STEP_SIZE_KEYS = ("lr", "init_step_size", "alpha")
+
+
+def _did_you_mean(key: str, known: list[str], prefix: str) -> str:
+    step_size = [k for k in STEP_SIZE_KEYS if k in known] if key in LEARNING_RATE_NAMES else []
+    close = step_size or difflib.get_close_matches(key, known, n=1)
+    return f"did you mean {prefix}{close[0]}? " if close else ""
+
+
 def check_known_keys(cfg: DictConfig) -> None:
     """Every key outside the free-form ``build`` blocks is in the schema. Hydra lets ``+key=value``
     add a key to a structured config (its own advice after a misspelt one), which would otherwise
-    be ignored silently."""
-    _check_known(cfg, RunConfig, "")
+    be ignored silently; ``main.py`` sends a key Hydra refuses here too, for this message."""
+    _check_known(cfg, RunConfig, "", _step_size_key(cfg))
 
 
-def _check_known(node: DictConfig, schema: type, prefix: str) -> None:
+def _step_size_key(cfg: DictConfig) -> str | None:
+    """The key that sets this optimizer's step size (``optimizer.build.lr`` for Adam,
+    ``optimizer.build.init_step_size`` for SaLSA), for a user who typed ``lr=``."""
+    try:
+        build = OmegaConf.to_container(cfg.optimizer.build, resolve=True)
+        target = _import("optimizer.build._target_", build["_target_"])
+        owner = _receiver_of_extra_keys(target, build) or target
+        parameters = inspect.signature(owner).parameters
+    except (ConfigError, OmegaConfBaseException, KeyError, TypeError, ValueError):
+        return None
+    return next((f"optimizer.build.{key}" for key in STEP_SIZE_KEYS if key in parameters), None)
+
+
+def _check_known(node: DictConfig, schema: type, prefix: str, step_size_key: str | None) -> None:
     fields = typing.get_type_hints(schema)
     for key, child in node.items_ex(resolve=False):  # unresolved: a ??? value is checked elsewhere
         name = f"{prefix}{key}"
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            hint = f"did you mean {prefix}{close[0]}? " if close else ""
+            hint = _did_you_mean(str(key), list(fields), prefix)
+            if key in LEARNING_RATE_NAMES and prefix in ("", "optimizer.") and step_size_key:
+                hint = f"the optimizer's step size is {step_size_key}; "
             raise ConfigError(
-                f"{name}={child} is not a setting (added with +?); {hint}"
+                f"{name}={child} is not a setting; {hint}"
                 f"{prefix.rstrip('.') or 'the top level'} has: {', '.join(fields)}"
             )
         nested = dataclass_of(fields[key])
         if nested is not None and isinstance(child, DictConfig) and child != None:  # noqa: E711 (a None node)
-            _check_known(child, nested, f"{name}.")
+            _check_known(child, nested, f"{name}.", step_size_key)
 
 
 def dataclass_of(hint: Any) -> type | None:
@@ -451,7 +540,8 @@ def _builds(build: dict, without: str) -> bool:
 
 def check_config(cfg: DictConfig) -> None:
     """Every check that needs no data, model or run directory, in the order a user fixes them:
-    unknown keys, values, the build blocks' keys and types, the optimizer's values."""
+    interpolations, unknown keys, values, the build blocks' keys and types, the optimizer's values."""
+    check_interpolations(cfg)
     check_known_keys(cfg)
     check_values(cfg)
     check_build_blocks(cfg)

@@ -1,7 +1,9 @@
 """The signals that stop a run, and what they do in each phase of it: never a silent death.
 
-:func:`stop_signals` are SIGTERM (``kill``, a pre-emption, ``scancel``, ``scontrol requeue``) and,
-under SLURM, SIGUSR2, the warning ``sbatch --signal=USR2@<seconds>`` sends before the time limit.
+:func:`stop_signals` are SIGTERM (``kill``, a pre-emption, ``scancel``, ``scontrol requeue``), SIGINT
+(Ctrl-C), SIGHUP (the terminal closed, an ssh connection dropped) and, under SLURM, SIGUSR2, the
+warning ``sbatch --signal=USR2@<seconds>`` sends before the time limit. All of them stop a run the
+same way; its exit status is 128 + the signal (143, 130, 129, 140).
 While it trains, the trainer turns them into "checkpoint after this step and stop"
 (:func:`on_stop_signals`). Before that (building the data and the model, loading a checkpoint) the
 default action would end the process on the spot and leave the record's summary at ``running``;
@@ -33,13 +35,20 @@ class Interrupted(RuntimeError):
 
     @property
     def exit_code(self) -> int:
-        """The shell's code for a process ended by the signal: 143 for SIGTERM, 140 for SIGUSR2."""
+        """The shell's code for a process ended by the signal: 143 for SIGTERM, 130 for SIGINT,
+        129 for SIGHUP, 140 for SIGUSR2."""
         return 128 + self.signum
 
 
+# SIGINT and SIGHUP would otherwise end the process at once (a KeyboardInterrupt traceback, or
+# death without a word) and leave the record's summary at ``running``.
+_ALWAYS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def stop_signals() -> tuple[signal.Signals, ...]:
-    """The signals that stop a run: SIGTERM, and under SLURM the time limit's SIGUSR2."""
-    return (signal.SIGTERM, TIME_LIMIT_SIGNAL) if SlurmJob.current() else (signal.SIGTERM,)
+    """The signals that stop a run: SIGTERM, SIGINT, SIGHUP, and under SLURM the time limit's
+    SIGUSR2."""
+    return (*_ALWAYS, TIME_LIMIT_SIGNAL) if SlurmJob.current() else _ALWAYS
 
 
 def signal_name(signum: int) -> str:

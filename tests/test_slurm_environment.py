@@ -62,9 +62,9 @@ def test_the_job_id_is_the_one_squeue_shows():
 
 def test_the_time_limit_signal_stops_a_run_only_under_slurm(monkeypatch):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    assert signals.stop_signals() == (signal.SIGTERM,)
+    assert signals.stop_signals() == (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     monkeypatch.setenv("SLURM_JOB_ID", "12")
-    assert signals.stop_signals() == (signal.SIGTERM, signal.SIGUSR2)
+    assert signals.stop_signals() == (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
     assert Interrupted("", signal.SIGUSR2).exit_code == 140 and Interrupted("").exit_code == 143
 
 
