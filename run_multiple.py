@@ -54,12 +54,12 @@ from typing import IO, Any
 
 from experiments.checkpoint import list_checkpoints
 from experiments.logging import SUMMARY
+from experiments.run_dir import RUN_LOG
 
 REPO = Path(__file__).resolve().parent
 MAIN = REPO / "main.py"
 CONF = REPO / "conf"
 OPTIMIZER_SETTINGS = CONF / "experiment" / "optimizers"
-RUN_LOG = "run.log"
 
 # The paper's table, in its column order: ADAM, SGD, ADAM-SLS, SGD-SLS, ADAM-SaLSa, SGD-SaLSa.
 PAPER_COLUMNS = ("adam", "sgd", "sls_adam", "sls", "salsa", "salsa_sgd")

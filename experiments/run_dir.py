@@ -7,10 +7,12 @@ a resume of a run that is still going, two default runs that landed in the same 
 folder) finds the lock taken and refuses at once, touching nothing. ``flock`` works on local
 file systems and on NFS (Linux emulates it with NFS locks).
 
-While it holds the claim, the process may clear what interrupted writes left (temporary files)
-and check the record against the run it was asked to do (:func:`check_record`). If it refuses or
-fails before writing anything, the claim is undone: the lock file goes if this process made it,
-and the directory goes if this process (or Hydra, for it) made it and it is empty again.
+While it holds the claim, the process checks the directory against the run it was asked to do
+(:func:`check_record`): a run directory is new, empty, or a record of this harness, and a resume
+needs the recorded config to compare with. Only then does it clear what interrupted writes left
+(:func:`clear_interrupted_writes`): before, the temporary files might be someone else's. If it
+refuses or fails before writing anything, the claim is undone: the lock file goes if this process
+made it, and the directory goes if this process (or Hydra, for it) made it and it is empty again.
 """
 
 from __future__ import annotations
@@ -24,14 +26,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .checkpoint import CHECKPOINT_DIR, list_checkpoints, remove_unfinished_writes
 from .config import ConfigError
-from .files import remove_temporary_files
+from .files import TEMPORARY_SUFFIX, remove_temporary_files
 from .logging import CONFIG, METRICS, SUMMARY
 from .resume import describe_changes, trajectory_changes
 
 LOCK = ".lock"
+RUN_LOG = "run.log"  # run_multiple.py's log of a run it launches alone, made before the run starts
+HYDRA_FILES = ".hydra"  # Hydra's record of the invocation; its config.yaml is the config's second copy
+# What a run directory of this harness holds besides the record's files (wandb's own folder).
+_OURS = {SUMMARY, CONFIG, METRICS, CHECKPOINT_DIR, HYDRA_FILES, "wandb", LOCK, RUN_LOG}
 _CLAIM_TRIES = 5  # a lock file replaced under us (a refused run removing its own) is retried
 
 
@@ -72,8 +79,6 @@ def claimed(run_dir: Path, own_dir: bool = False) -> Iterator[Claim]:
     fd, own_lock = _lock(run_dir)
     claim = Claim(run_dir, own_dir, own_lock, fd)
     try:
-        remove_temporary_files(run_dir)
-        remove_unfinished_writes(run_dir)
         yield claim
     except BaseException:
         if not claim.kept:
@@ -132,11 +137,19 @@ def made_for_this_process(run_dir: Path, since: float) -> bool:
 
 
 def check_record(run_dir: Path, cfg: DictConfig) -> None:
-    """Refuse a run that would overwrite or mix with the record in ``run_dir``: a fresh run into
-    a record, or a resume whose config alters the recorded run's trajectory."""
+    """Refuse a run that would overwrite or mix with what ``run_dir`` holds: files that are not a
+    run record, a record a fresh run would overwrite, a record whose config is lost, or a resume
+    whose config alters the recorded run's trajectory."""
     record = [name for name in (SUMMARY, CONFIG, METRICS) if (run_dir / name).exists()]
     if list_checkpoints(run_dir):
         record.append(CHECKPOINT_DIR)
+    foreign = sorted(path.name for path in run_dir.iterdir() if not _ours(path.name))
+    if foreign and not record:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise RunRefused(
+            f"{run_dir} holds files that are not a run record ({shown}): a run directory is new, "
+            "empty or a record of this harness; choose another hydra.run.dir"
+        )
     if not cfg.trainer.resume:
         if record:
             raise RunRefused(
@@ -144,11 +157,43 @@ def check_record(run_dir: Path, cfg: DictConfig) -> None:
                 "to continue it, or choose another hydra.run.dir"
             )
         return
-    if (run_dir / CONFIG).exists():
-        recorded = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG))
-        changes = trajectory_changes(recorded, cfg)
-        if changes:
-            raise RunRefused(f"trainer.resume=true refused: {run_dir} {describe_changes(changes)}")
+    if not ({METRICS, CHECKPOINT_DIR} & set(record)):
+        return  # no step to continue (at most a summary): the resume starts over at step 0
+    changes = trajectory_changes(_recorded_config(run_dir), cfg)
+    if changes:
+        raise RunRefused(f"trainer.resume=true refused: {run_dir} {describe_changes(changes)}")
+
+
+def _ours(name: str) -> bool:
+    return name in _OURS or (name.startswith(".") and name.endswith(TEMPORARY_SUFFIX))
+
+
+def _recorded_config(run_dir: Path) -> dict:
+    """The config the record was made with: ``config.yaml``, or its second copy in ``.hydra/``;
+    without either a resume cannot be checked, and is refused."""
+    for path in (run_dir / CONFIG, run_dir / HYDRA_FILES / CONFIG):
+        if not path.exists():
+            continue
+        try:
+            recorded = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        except (OSError, ValueError, OmegaConfBaseException) as error:
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise RunRefused(f"trainer.resume=true refused: {path} does not read as a config ({reason}); "
+                             "the record is left as it was") from error
+        if isinstance(recorded, dict):
+            return recorded
+    raise RunRefused(
+        f"trainer.resume=true refused: {run_dir} holds a record but neither {CONFIG} nor "
+        f"{HYDRA_FILES}/{CONFIG}, so nothing says which run it is and a resume cannot be checked; "
+        "put the run's config back, or start a new run in another directory"
+    )
+
+
+def clear_interrupted_writes(run_dir: Path) -> None:
+    """Remove what interrupted writes left (temporary files, a digest without its checkpoint);
+    call it once :func:`check_record` has found the directory to be this harness's."""
+    remove_temporary_files(run_dir)
+    remove_unfinished_writes(run_dir)
 
 
 def refuse_unusable_checkpoints(run_dir: Path) -> None:

@@ -38,7 +38,7 @@ from .config import ConfigError, Device, check_config
 from .data import DataBundle
 from .logging import SUMMARY, Loggers, RunRecord, WandbSink, check_wandb
 from .param_groups import DecayScope, parameter_groups
-from .run_dir import Claim, RunRefused, check_record, claimed, refuse_unusable_checkpoints
+from .run_dir import Claim, RunRefused, check_record, claimed, clear_interrupted_writes, refuse_unusable_checkpoints
 from .signals import Interrupted, signal_name
 from .slurm import TIME_LIMIT_SIGNAL, SlurmJob
 from .trainer import Trainer
@@ -179,6 +179,8 @@ def _agreed_resume_point(cfg: DictConfig, run_dir: Path,
     refusal = distributed.broadcast_from_main(refusal)
     if refusal:
         raise RunRefused(refusal)
+    if process.is_main:
+        clear_interrupted_writes(run_dir)
     if not cfg.trainer.resume:
         return None
     checkpoint = load_latest_checkpoint(run_dir, PAYLOAD_KEYS)

@@ -14,13 +14,13 @@ ROOT = CONF.parent
 MISSING = "/nonexistent/data"
 
 CASES = [
-    # (overrides, what the message names, exit code: 1 = Hydra composition, 2 = our checks)
-    (["trainer.batchsize=3"], "batchsize", 1),
-    (["trainer.batch_size=many"], "batch_size", 1),
-    (["trainer.precision=fp8"], "precision", 1),
-    (["trainer.device=tpu"], "device", 1),
-    (["optimizer=foo"], "foo", 1),
-    (["seeds=3"], "seeds", 1),
+    # (overrides, what the message names, exit code: 2 = a bad input, found by Hydra or by our checks)
+    (["trainer.batchsize=3"], "batchsize", 2),
+    (["trainer.batch_size=many"], "batch_size", 2),
+    (["trainer.precision=fp8"], "precision", 2),
+    (["trainer.device=tpu"], "device", 2),
+    (["optimizer=foo"], "foo", 2),
+    (["seeds=3"], "seeds", 2),
     (["trainer.batch_size=0"], "trainer.batch_size must be positive", 2),
     (["trainer.batch_size=-4"], "trainer.batch_size must be positive", 2),
     (["trainer.epochs=0"], "trainer.epochs must be positive", 2),
