@@ -24,7 +24,8 @@ from typing import IO, Any, Protocol
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError
-from .files import overwrite_in_place, write_atomically
+from .files import overwrite_in_place, write_atomically, write_with
+from .metrics_rows import read_rows
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -55,6 +56,7 @@ class RunRecord:
         self.run_dir = run_dir
         self.metrics_path = run_dir / METRICS
         self.has_begun = False  # whether this process has written the summary
+        self._replaced: bytes | None = None  # the summary of an earlier process, as it was
         self._file: IO[str] | None = None
         self._flushed_at = time.monotonic()
 
@@ -63,25 +65,29 @@ class RunRecord:
         return (self.run_dir / SUMMARY).exists()
 
     def start(self, cfg: DictConfig, resume_from_step: int | None = None,
-              invocation: Mapping[str, str] | None = None) -> None:
+              invocation: Mapping[str, str] | None = None) -> tuple[int, str | None]:
         """Write the config and open the metrics (after the rows up to ``resume_from_step``, when
         resuming). ``invocation`` maps file names (relative to the run directory) to texts that
-        record how the run was started (Hydra's ``.hydra/`` files)."""
+        record how the run was started (Hydra's ``.hydra/`` files). Returns how many rows were
+        kept and what was skipped (see :meth:`_truncate_after`)."""
         for name, text in (invocation or {}).items():
             (self.run_dir / name).parent.mkdir(parents=True, exist_ok=True)
             write_atomically(self.run_dir / name, text)
         write_atomically(self.run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-        if resume_from_step is not None:
-            self._truncate_after(resume_from_step)
+        kept, skipped = self._truncate_after(resume_from_step) if resume_from_step is not None else (0, None)
         self._file = open(self.metrics_path, "a")
         self._flushed_at = time.monotonic()
+        return kept, skipped
 
-    def _truncate_after(self, step: int) -> None:
-        """Drop rows logged after the checkpoint we resume from: they will be logged again."""
+    def _truncate_after(self, step: int) -> tuple[int, str | None]:
+        """Drop rows logged after the checkpoint we resume from (they will be logged again) and
+        lines that are not rows; returns how many rows were kept, and the note on the skipped."""
+        found = read_rows(self.metrics_path)
         if not self.metrics_path.exists():
-            return
-        kept = [line for line in self.metrics_path.read_text().splitlines() if _row_step(line) <= step]
-        write_atomically(self.metrics_path, "".join(line + "\n" for line in kept))
+            return 0, None
+        kept = [line for line, row in found.rows if row["step"] <= step]
+        write_with(self.metrics_path, lambda f: f.write(b"".join(line + b"\n" for line in kept)))
+        return len(kept), found.note(self.metrics_path)
 
     def log(self, row: dict[str, Any]) -> None:
         self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
@@ -97,12 +103,20 @@ class RunRecord:
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Replace the summary; on a full disk, overwrite it in place with what fits."""
         path = self.run_dir / SUMMARY
+        if not self.has_begun and path.exists():
+            self._replaced = path.read_bytes()
         try:
             write_atomically(path, _summary_text(summary))
         except OSError:
             if not (path.exists() and _overwrite_with_what_fits(path, summary)):
                 raise
         self.has_begun = True
+
+    def restore_summary(self) -> None:
+        """Put back the summary this process replaced (a resume refused once its data was
+        built): the record says again what it said before."""
+        if self._replaced is not None:
+            write_with(self.run_dir / SUMMARY, lambda f: f.write(self._replaced))
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Close the metrics and write the final summary. A full disk that loses the last
@@ -133,15 +147,6 @@ def _overwrite_with_what_fits(path: Path, summary: dict[str, Any]) -> bool:
         if key not in kept and len(_summary_text({**kept, key: value}).encode()) <= room:
             kept[key] = value
     return overwrite_in_place(path, _summary_text(kept))
-
-
-def _row_step(line: str) -> float:
-    """The step of a metrics row; infinite for a line that is not one (the torn last line of a
-    killed run), so that resuming drops it."""
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return math.inf
 
 
 # wandb's own spellings of the modes in WANDB_MODE, and what they mean here.

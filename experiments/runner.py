@@ -19,6 +19,7 @@ import importlib.metadata
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -224,6 +225,7 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
     loggers = Loggers(record, [])
     trainer: Trainer | None = None
     stopped: Interrupted | None = None
+    refused = False
     started = time.perf_counter()
     # A record that exists (a resume) says at once that it runs again, so that nothing that ends
     # this process leaves its old status; a fresh run writes nothing until its data and model are
@@ -233,17 +235,21 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
     try:
         seed_everything(cfg.seed)  # the same seed on every rank: the same initial model
         data, model, forward_model, optimizer = _build(cfg, process)
+        trainer_cfg = OmegaConf.to_object(cfg.trainer)
+        trainer = Trainer(trainer_cfg, model, optimizer, None, data, loggers, run_dir, process.device, cfg.seed,
+                          forward_model=forward_model, rank=process.rank, world_size=process.world_size)
+        problem = trainer.resume_problem(checkpoint["trainer"]) if checkpoint is not None else None
+        if problem is not None:  # before the record is touched: a refused resume leaves it as it was
+            raise RunRefused(f"trainer.resume=true refused: {problem}")
         if record is not None and not record.has_begun:
             _begin(record, header, claim)
         if record is not None:
             # Resuming keeps the rows up to the checkpoint (all of them are logged again otherwise).
             resume_from_step = (checkpoint["trainer"]["step"] if checkpoint else 0) if cfg.trainer.resume else None
-            record.start(cfg, resume_from_step, invocation)
+            kept, skipped = record.start(cfg, resume_from_step, invocation)
+            header.update(_rows_lost(checkpoint, kept, skipped))
             if cfg.logger.wandb is not None:
                 loggers.sinks.append(WandbSink(cfg.logger.wandb, cfg, run_dir, name=run_dir.name))
-        trainer_cfg = OmegaConf.to_object(cfg.trainer)
-        trainer = Trainer(trainer_cfg, model, optimizer, None, data, loggers, run_dir, process.device, cfg.seed,
-                          forward_model=forward_model, rank=process.rank, world_size=process.world_size)
         header["total_steps"] = trainer.total_steps
         if cfg.optimizer.schedule is not None:
             schedule = cfg.optimizer.schedule
@@ -262,15 +268,19 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
             summary.update(steps=trainer.state.step, final_loss=trainer.state.last_loss,
                            bad_steps=trainer.state.bad_steps)
         stopped = error if isinstance(error, Interrupted) else None
+        refused = isinstance(error, RunRefused)
         raise
     finally:
         summary["wall_time"] = time.perf_counter() - started
         if record is None or record.has_begun:  # else nothing was written, and nothing is now
             with signals.stop_signals_ignored():  # the record is written in full, whatever arrives now
-                if stopped is not None and job is not None and process.is_main:
-                    progressed = trainer is not None and trainer.state.step > start_step
-                    _requeue_if_cut_by_time_limit(stopped, summary, job, progressed)
-                loggers.finish(summary)
+                if refused and record is not None:
+                    record.restore_summary()
+                else:
+                    if stopped is not None and job is not None and process.is_main:
+                        progressed = trainer is not None and trainer.state.step > start_step
+                        _requeue_if_cut_by_time_limit(stopped, summary, job, progressed)
+                    loggers.finish(summary)
     return summary
 
 
@@ -296,6 +306,22 @@ def _requeue_if_cut_by_time_limit(stopped: Interrupted, summary: dict[str, Any],
         return
     stopped.requeued = True
     summary["status"] = "requeued"
+
+
+def _rows_lost(checkpoint: dict[str, Any] | None, kept: int, skipped: str | None) -> dict[str, Any]:
+    """What the summary says (and the console) when ``metrics.jsonl`` lost rows before the
+    checkpoint a resume continues from (it was cut, or deleted) or held lines that are not rows."""
+    noted: dict[str, Any] = {}
+    if skipped is not None:
+        print(f"warning: {skipped}", file=sys.stderr)
+        noted["metrics_skipped"] = skipped
+    expected = checkpoint["trainer"].get("logged_rows") if checkpoint else None  # older checkpoints lack it
+    if expected is not None and kept < expected:
+        noted["metrics_missing_rows"] = expected - kept
+        print(f"warning: metrics.jsonl holds {kept} of the {expected} rows logged before the checkpoint of step "
+              f"{checkpoint['trainer']['step']}: {expected - kept} are lost (the summary says so as "
+              "metrics_missing_rows); the run goes on from the checkpoint", file=sys.stderr)
+    return noted
 
 
 def _begin(record: RunRecord, header: dict[str, Any], claim: Claim | None) -> None:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from optim import ClosureOptimizer, RNGSnapshot
 
 from .checkpoint import capture_rng, restore_rng, save_checkpoint
-from .config import Precision, TrainerConfig
+from .config import ConfigError, Precision, TrainerConfig
 from .data import DataBundle
 from .data.collate import InMemoryPairs
 from .distributed import max_over_ranks, mean_over_ranks
@@ -103,6 +103,10 @@ class TrainState:
     last_checkpoint_step: int = -1
     bad_steps: int = 0  # steps whose loss or gradient was not finite (skipped)
     consecutive_bad_steps: int = 0
+    logged_rows: int = 0  # metrics rows logged so far: a resume tells rows lost from metrics.jsonl
+    # What the position (epoch, batch_in_epoch) counts in: the training examples, the ranks and the
+    # examples per step of each. A resume continues the same data stream only when they are equal.
+    stream: dict[str, int] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=lambda: {"data": 0.0, "step": 0.0, "bookkeeping": 0.0, "eval": 0.0})
 
     def smoothed_loss(self) -> float:
@@ -151,10 +155,35 @@ class Trainer:
         self.seed = seed
         self.state = TrainState()
         self.examples_per_step = cfg.batch_size * cfg.accumulation_steps  # per rank
+        if not len(data.train):
+            raise ConfigError("the training split is empty: there is nothing to train on")
         self.steps_per_epoch = math.ceil(math.ceil(len(data.train) / world_size) / self.examples_per_step)
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.language_modeling = data.spec.task == "language_modeling"
         self._stop_signal = 0  # the first stop signal received while training (0: none)
+        self.state.stream = self.data_stream()
+
+    def data_stream(self) -> dict[str, int]:
+        """What the position in an epoch counts in (see :attr:`TrainState.stream`)."""
+        return {"train_examples": len(self.data.train), "ranks": self.world_size,
+                "examples_per_step": self.examples_per_step}
+
+    def resume_problem(self, saved: dict[str, Any]) -> str | None:
+        """Why the run cannot continue from the trainer state ``saved`` (a checkpoint's) along the
+        same data stream, or ``None`` when it can: the stream it counted in changed, or its place
+        lies past the end of an epoch as the epoch is now (a loop there would take no step)."""
+        before, now = saved.get("stream") or {}, self.data_stream()
+        changed = [f"{key} {before[key]} -> {now[key]}" for key in now if key in before and before[key] != now[key]]
+        if changed:
+            return (f"the checkpoint of step {saved['step']} was taken in another data stream ({', '.join(changed)}): "
+                    "its place in the epoch means other examples now. Resume with the same data, number of "
+                    "processes and batch size, or start a new run in another directory")
+        if saved["batch_in_epoch"] >= self.steps_per_epoch:
+            return (f"the checkpoint of step {saved['step']} lies at step {saved['batch_in_epoch']} of epoch "
+                    f"{saved['epoch']}, past the end of an epoch as it is now ({self.steps_per_epoch} steps): the "
+                    "training data, the number of processes or the batch size changed. Resume as the run was "
+                    "started, or start a new run in another directory")
+        return None
 
     # -- state ------------------------------------------------------------------------------
     def checkpoint_payload(self) -> dict[str, Any]:
@@ -167,12 +196,13 @@ class Trainer:
         }
 
     def load(self, payload: dict[str, Any]) -> None:
-        """Continue from a checkpoint payload (as written by :meth:`checkpoint_payload`)."""
+        """Continue from a checkpoint payload (as written by :meth:`checkpoint_payload`), which
+        :meth:`resume_problem` has accepted."""
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         if self.scheduler is not None and payload["scheduler"] is not None:
             self.scheduler.load_state_dict(payload["scheduler"])
-        self.state = TrainState(**payload["trainer"])
+        self.state = TrainState(**{**payload["trainer"], "stream": self.data_stream()})
         restore_rng(payload["rng"])
 
     def _checkpoint(self) -> None:
@@ -349,7 +379,7 @@ class Trainer:
             better = max if key in ("val_accuracy",) else min
             previous = self.state.best_eval.get(key)
             self.state.best_eval[key] = value if previous is None else better(previous, value)
-        self.loggers.log({"step": self.state.step, "epoch": self.state.epoch, **metrics})
+        self._log({"step": self.state.step, "epoch": self.state.epoch, **metrics})
 
     # -- the loop ---------------------------------------------------------------------------
     @property
@@ -428,6 +458,7 @@ class Trainer:
         state = self.state
         while state.step < self.total_steps:
             t0 = time.perf_counter()
+            step_before = state.step
             for micro_batches in self._steps():  # the rest of the current epoch
                 micro_batches, weights = self._on_device(micro_batches)
                 t1 = time.perf_counter()
@@ -458,6 +489,9 @@ class Trainer:
                 if state.step >= self.total_steps:
                     break
                 t0 = time.perf_counter()
+            if state.step == step_before:  # a loop must make progress or stop, never spin
+                raise RuntimeError(f"epoch {state.epoch} has no batch left from step {state.batch_in_epoch} of "
+                                   f"{self.steps_per_epoch}: the position does not fit the data")
 
     def _request_stop(self, signum: int) -> None:
         self._stop_signal = self._stop_signal or signum
@@ -505,7 +539,7 @@ class Trainer:
             state.loss_ema_weight = beta * state.loss_ema_weight + (1 - beta)
         if state.step % self.cfg.log_interval == 0 or state.step == self.total_steps:
             step_size, forwards = self._step_size_and_forwards()
-            self.loggers.log({
+            self._log({
                 "step": state.step, "epoch": state.epoch, "loss": loss,
                 "smoothed_loss": state.smoothed_loss(), "step_size": step_size,
                 "forwards": forwards, "time": state.elapsed,
@@ -513,6 +547,10 @@ class Trainer:
         if state.batch_in_epoch == self.steps_per_epoch:
             state.epoch += 1
             state.batch_in_epoch = 0
+
+    def _log(self, row: dict[str, Any]) -> None:
+        self.state.logged_rows += 1
+        self.loggers.log(row)
 
     def _evaluate_or_checkpoint_when_due(self) -> None:
         state, cfg = self.state, self.cfg
