@@ -48,13 +48,14 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
 from experiments.checkpoint import list_checkpoints
 from experiments.logging import SUMMARY
 from experiments.run_dir import RUN_LOG
+from experiments.signals import on_stop_signals, signal_name
 
 REPO = Path(__file__).resolve().parent
 MAIN = REPO / "main.py"
@@ -325,6 +326,23 @@ class Attempt:
     not_launched: str | None = None
 
 
+@dataclass
+class Stopping:
+    """A stop signal (Ctrl-C, SIGTERM, SIGHUP; SLURM's time-limit warning) to the sweep: it is
+    passed on to the runs in progress, which checkpoint and end ``interrupted``, and no other run
+    starts. The runs are started in sessions of their own, so that a Ctrl-C in the terminal
+    reaches them once, through here."""
+
+    signum: int = 0
+    running: list[subprocess.Popen] = field(default_factory=list)
+
+    def request(self, signum: int) -> None:
+        self.signum = self.signum or signum
+        for process in self.running:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+
 def launch(batch: Batch, grid_dir: Path, options: Options, env: dict[str, str]) -> Launched:
     """Start the multirun of ``batch``, its output appended to its log after a line naming it;
     ``OSError`` when the log cannot be opened (then nothing is started)."""
@@ -334,7 +352,7 @@ def launch(batch: Batch, grid_dir: Path, options: Options, env: dict[str, str]) 
     output = open(log, "a")
     output.write(f"### {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n")
     output.flush()
-    process = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return Launched(batch, log, time.time(), before, process, output)
 
 
@@ -354,9 +372,11 @@ def has_outcome(run: Run, before: tuple[int, int] | None) -> bool:
             and (read_summary(run.run_dir) or {}).get("status") not in (None, "running"))
 
 
-def run_batches(batches: Sequence[Batch], grid: Grid, grid_dir: Path, options: Options) -> dict[Run, Attempt]:
+def run_batches(batches: Sequence[Batch], grid: Grid, grid_dir: Path, options: Options,
+                stopping: Stopping) -> dict[Run, Attempt]:
     """Launch ``batches`` and print each run's outcome; returns each run's last attempt. A batch
-    that cannot be launched (its log does not open) is reported and the others go on."""
+    that cannot be launched (its log does not open) is reported and the others go on; after a
+    stop signal (``stopping``) none is launched."""
     env = child_env(options.threads)
     logs: dict[Run, Attempt] = {}
     # A SLURM multirun waits for its jobs: start them all at once, so that the cluster runs them
@@ -365,14 +385,19 @@ def run_batches(batches: Sequence[Batch], grid: Grid, grid_dir: Path, options: O
     for wave in waves:
         started = []
         for batch in wave:
+            if stopping.signum:
+                return logs
             try:
                 started.append(launch(batch, grid_dir, options, env))
             except OSError as error:
                 not_launched(batch, batch_log(batch, grid_dir, options.launcher), error, logs)
+                continue
+            stopping.running.append(started[-1].process)
         for launched in started:
             launched.process.wait()
             launched.output.close()
-            finish(launched, grid, grid_dir, options, logs)
+            stopping.running.remove(launched.process)
+            finish(launched, grid, grid_dir, options, logs, stopping)
     return logs
 
 
@@ -384,20 +409,21 @@ def not_launched(batch: Batch, log: Path, error: OSError, logs: dict[Run, Attemp
 
 
 def finish(launched: Launched, grid: Grid, grid_dir: Path, options: Options,
-           logs: dict[Run, Attempt]) -> None:
+           logs: dict[Run, Attempt], stopping: Stopping) -> None:
     """Report the runs of a multirun that ended; run one by one those it left without an outcome."""
     batch, returncode, log = launched.batch, launched.process.returncode, launched.log
     # A joblib multirun that died (killed, out of memory) leaves runs without an outcome. Not on
     # SLURM: the jobs of a multirun that stopped waiting may still be running there.
     stopped = returncode != 0 and len(batch.runs) > 1 and options.launcher is Launcher.joblib
-    retry = [run for run in batch.runs if stopped and not has_outcome(run, launched.before[run])]
+    retry = [run for run in batch.runs
+             if stopped and not stopping.signum and not has_outcome(run, launched.before[run])]
     report([run for run in batch.runs if run not in retry], returncode, launched, logs)
     if retry:
         print(f"  {batch.label}: the multirun stopped (exit {returncode}, log {log}); "
               f"running its {len(retry)} runs without an outcome one by one")
         alone = replace(options, launcher=Launcher.local)  # trainer.threads as in its multirun
         pending = [(run, classify(run.run_dir)) for run in retry]
-        logs.update(run_batches(make_batches(pending, Launcher.local), grid, grid_dir, alone))
+        logs.update(run_batches(make_batches(pending, Launcher.local), grid, grid_dir, alone, stopping))
 
 
 def report(runs: Sequence[Run], returncode: int, launched: Launched, logs: dict[Run, Attempt]) -> None:
@@ -473,6 +499,8 @@ def select(names: str | None, known: Iterable[str], what: str) -> list[str] | No
     if names is None:
         return None
     chosen = [name for name in names.split(",") if name]
+    if not chosen:
+        raise SystemExit(f"no {what} given: name at least one; known: {', '.join(sorted(known))}")
     unknown = sorted(set(chosen) - set(known))
     if unknown:
         raise SystemExit(f"unknown {what}: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -510,24 +538,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = args.root.resolve()
     logs: dict[Run, Attempt] = {}
     launched: list[Run] = []
-    for grid in grids:
-        tasks = [task for task in grid.tasks if wanted is None or task.dataset in wanted]
-        if not tasks:
-            continue
-        # dict.fromkeys: --extra on the mini grid, which has every column already, adds nothing.
-        grid_columns = tuple(dict.fromkeys(columns or grid.columns + EXTRA_COLUMNS * args.extra))
-        seeds = args.seeds or grid.seeds
-        runs = plan_runs(grid, root, grid_columns, seeds, tasks)
-        states = {run: classify(run.run_dir) for run in runs}
-        pending = [(run, state) for run, state in states.items() if state is not State.skip]
-        batches = make_batches(pending, args.launcher)
-        shape = (len(tasks), len(grid_columns), seeds)
-        threads = threads_per_run(grid, args.launcher, args.n_jobs, args.overrides)
-        grid_options = replace(options, threads=threads)
-        print_plan(grid, runs, states, batches, shape, root / grid.name, grid_options)
-        if not args.dry_run and batches:
-            logs.update(run_batches(batches, grid, root / grid.name, grid_options))
-            launched += [run for run, _ in pending]
+    stopping = Stopping()
+    with on_stop_signals(stopping.request):
+        for grid in grids:
+            tasks = [task for task in grid.tasks if wanted is None or task.dataset in wanted]
+            if not tasks or stopping.signum:
+                continue
+            # dict.fromkeys: --extra on the mini grid, which has every column already, adds nothing.
+            grid_columns = tuple(dict.fromkeys(columns or grid.columns + EXTRA_COLUMNS * args.extra))
+            seeds = args.seeds or grid.seeds
+            runs = plan_runs(grid, root, grid_columns, seeds, tasks)
+            states = {run: classify(run.run_dir) for run in runs}
+            pending = [(run, state) for run, state in states.items() if state is not State.skip]
+            batches = make_batches(pending, args.launcher)
+            shape = (len(tasks), len(grid_columns), seeds)
+            threads = threads_per_run(grid, args.launcher, args.n_jobs, args.overrides)
+            grid_options = replace(options, threads=threads)
+            print_plan(grid, runs, states, batches, shape, root / grid.name, grid_options)
+            if not args.dry_run and batches:
+                logs.update(run_batches(batches, grid, root / grid.name, grid_options, stopping))
+                launched += [run for run, _ in pending]
+    if stopping.signum:
+        print(f"interrupted: stopped by {signal_name(stopping.signum)}; the runs in progress were stopped "
+              "after a checkpoint and no other run started: the same command again resumes the sweep",
+              file=sys.stderr)
+        return 128 + stopping.signum
     if args.dry_run:
         return 0
     failed = [run for run in launched if classify(run.run_dir) is not State.skip]

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
-import threading
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from huggingface_hub import constants
 
-PROBE_SECONDS = 1.0
+from .network import PROBE_SECONDS, connects
+
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
@@ -48,28 +47,6 @@ def hub_reachable() -> bool:
     if offline_variable() is not None:
         return False
     return connects(*hub_address(), timeout=PROBE_SECONDS)
-
-
-def connects(host: str, port: int, timeout: float) -> bool:
-    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds.
-
-    The attempt runs in a daemon thread because name resolution (``getaddrinfo``) takes no
-    timeout of its own and can hang far longer than the connection would.
-    """
-    opened, done = threading.Event(), threading.Event()
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                opened.set()
-        except OSError:
-            pass
-        finally:
-            done.set()
-
-    threading.Thread(target=attempt, name="hub-probe", daemon=True).start()
-    done.wait(timeout)
-    return opened.is_set()
 
 
 def local_files_only(name: str) -> bool:

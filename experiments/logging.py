@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from .config import ConfigError
 from .files import overwrite_in_place, write_atomically, write_with
 from .metrics_rows import read_rows
+from .network import PROBE_SECONDS, connects, host_and_port
 
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
@@ -169,28 +170,50 @@ def wandb_mode(settings: DictConfig) -> str:
     return settings.mode.value if hasattr(settings.mode, "value") else str(settings.mode)
 
 
+_OFFLINE_INSTEAD = "or use logger.wandb.mode=offline (sync later with `wandb sync`) or disabled"
+
+
 def check_wandb(settings: DictConfig) -> None:
     """Fail before any work when wandb cannot log as configured: not installed, or online with
-    no credentials (``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc)."""
+    no credentials (``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc), with a key that is
+    not a wandb key, or without a connection to the wandb server (``WANDB_BASE_URL``) within a
+    second. A well-formed key that the server refuses is found only by the server: the run
+    then fails in one line when it starts wandb."""
     try:
         import wandb  # noqa: F401
     except ImportError as error:
         raise ConfigError("logger=wandb needs the wandb package: pip install -e '.[wandb]'") from error
-    if wandb_mode(settings) == "online" and not _wandb_key_known():
-        source = "WANDB_MODE=online" if os.environ.get("WANDB_MODE") else "logger.wandb.mode=online"
-        raise ConfigError(
-            f"{source} needs credentials: run `wandb login` or set WANDB_API_KEY; "
-            "or use logger.wandb.mode=offline (sync later with `wandb sync`) or disabled"
-        )
+    if wandb_mode(settings) != "online":
+        return
+    source = "WANDB_MODE=online" if os.environ.get("WANDB_MODE") else "logger.wandb.mode=online"
+    key, where = _wandb_key()
+    if key is None:
+        raise ConfigError(f"{source} needs credentials: run `wandb login` or set WANDB_API_KEY; {_OFFLINE_INSTEAD}")
+    from wandb.sdk.lib.wbauth.validation import check_api_key  # wandb's own check of a key's form
+
+    problem = check_api_key(key)
+    if problem is not None:
+        raise ConfigError(f"{source}: the wandb API key in {where} is not one: {problem} Run `wandb login` "
+                          f"again or set WANDB_API_KEY; {_OFFLINE_INSTEAD}")
+    host, port = host_and_port(_wandb_url())
+    if not connects(host, port):
+        raise ConfigError(f"{source}: no connection to the wandb server {host}:{port} within "
+                          f"{PROBE_SECONDS:g} s (no network?); {_OFFLINE_INSTEAD}")
 
 
-def _wandb_key_known() -> bool:
+def _wandb_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+
+def _wandb_key() -> tuple[str | None, str]:
+    """The API key wandb would use, and where it comes from."""
     if os.environ.get("WANDB_API_KEY"):
-        return True
+        return os.environ["WANDB_API_KEY"], "WANDB_API_KEY"
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
+        entry = netrc.netrc().authenticators(host_and_port(_wandb_url())[0])
     except (FileNotFoundError, netrc.NetrcParseError):
-        return False
+        entry = None
+    return (entry[2], "~/.netrc") if entry else (None, "")
 
 
 class WandbSink:
@@ -200,17 +223,21 @@ class WandbSink:
     def __init__(self, settings: DictConfig, cfg: DictConfig, run_dir: Path, name: str) -> None:
         import wandb
 
-        self.run = wandb.init(
-            mode=wandb_mode(settings),
-            project=settings.project,
-            entity=settings.entity,
-            group=settings.group,
-            tags=list(settings.tags),
-            name=name,
-            dir=str(run_dir),
-            config=OmegaConf.to_container(cfg, resolve=True),
-            reinit="finish_previous",
-        )
+        try:
+            self.run = wandb.init(
+                mode=wandb_mode(settings),
+                project=settings.project,
+                entity=settings.entity,
+                group=settings.group,
+                tags=list(settings.tags),
+                name=name,
+                dir=str(run_dir),
+                config=OmegaConf.to_container(cfg, resolve=True),
+                reinit="finish_previous",
+            )
+        except (OSError, wandb.errors.Error) as error:  # a key the server refuses, a lost connection
+            reason = " ".join(str(error).split()) or type(error).__name__
+            raise ConnectionError(f"wandb did not start: {reason}") from error
 
     def log(self, row: dict[str, Any]) -> None:
         values = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}

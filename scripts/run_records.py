@@ -23,6 +23,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from experiments.metrics_rows import read_rows
+
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
@@ -95,9 +97,18 @@ class Run:
         return self._metrics[1]
 
     def final(self, key: str) -> float | None:
-        """The summary's ``key`` as a float (``"nan"``/``"inf"`` included); None when absent."""
+        """The summary's ``key`` as a float (``"nan"``/``"inf"`` included); None when absent, or
+        when it is not a number (said on stderr)."""
         value = self.summary.get(key)
-        return None if value is None else float(value)
+        if value is None:
+            return None
+        try:
+            if isinstance(value, bool):
+                raise TypeError(value)
+            return float(value)
+        except (TypeError, ValueError):
+            print(f"skipped: {self.source}: summary.json's {key} is not a number ({value!r})", file=sys.stderr)
+            return None
 
 
 def _float(value: Any) -> Any:
@@ -106,14 +117,18 @@ def _float(value: Any) -> Any:
 
 
 def read_metrics_file(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Training and evaluation rows of a ``metrics.jsonl``; lines that do not parse (the torn
-    last line of a killed run) are skipped."""
+    """Training and evaluation rows of a ``metrics.jsonl``; lines that are not rows (the torn
+    last line of a killed run, text the run did not write) are skipped, and said so on stderr."""
     train, evals = [], []
-    lines = path.read_text().splitlines() if path.exists() else []
-    for line in lines:
+    found = read_rows(path)
+    if found.note(path):
+        print(f"skipped: {found.note(path)}", file=sys.stderr)
+    for _, parsed in found.rows:
         try:
-            row = {key: _float(value) for key, value in json.loads(line).items()}
-        except ValueError:
+            row = {key: _float(value) for key, value in parsed.items()}
+        except ValueError:  # a value that is text, not a number the record wrote as "nan"/"inf"
+            print(f"skipped: {path}: a row with a value that is not a number (step {parsed['step']})",
+                  file=sys.stderr)
             continue
         if "loss" in row:
             train.append(row)
