@@ -120,19 +120,32 @@ def launch() -> int:
     try:
         with stop_signals_raise(_stopped_before_the_run), hydra_failures_raised():
             main()
-    except Interrupted as error:
-        print(f"interrupted: {error}", file=sys.stderr)
-        return error.exit_code
-    except RunFailed as error:  # a multirun with a failed run: as Hydra reports it
+    except Exception as error:
+        stop = _stop_within(error)
+        if stop is None:
+            return _report(error)
+        print(f"interrupted: {stop}", file=sys.stderr)
+        return stop.exit_code
+    return 0
+
+
+def _stop_within(error: BaseException | None) -> Interrupted | None:
+    """The stop signal behind ``error``: OmegaConf wraps one that arrives while it resolves."""
+    while error is not None and not isinstance(error, Interrupted):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def _report(error: Exception) -> int:
+    """Print a failure Hydra raised (see experiments/composition.py) in one line; the exit status."""
+    if isinstance(error, RunFailed):  # a multirun with a failed run: as Hydra reports it
         print(error, file=sys.stderr)
         return 1
-    except Exception as error:
-        line = answer(error, [arg for arg in sys.argv[1:] if not arg.startswith("-")])
-        if line is None:
-            raise  # not a bad input: a bug, whose traceback is due
-        print(f"error: {line}", file=sys.stderr)
-        return BAD_INPUT
-    return 0
+    line = answer(error, [arg for arg in sys.argv[1:] if not arg.startswith("-")])
+    if line is None:
+        raise error  # not a bad input: a bug, whose traceback is due
+    print(f"error: {line}", file=sys.stderr)
+    return BAD_INPUT
 
 
 if __name__ == "__main__":
