@@ -105,7 +105,8 @@ class TrainState:
     consecutive_bad_steps: int = 0
     logged_rows: int = 0  # metrics rows logged so far: a resume tells rows lost from metrics.jsonl
     # What the position (epoch, batch_in_epoch) counts in: the training examples, the ranks and the
-    # examples per step of each. A resume continues the same data stream only when they are equal.
+    # examples per step of each. A resume mid-epoch continues the same data stream only when they
+    # are equal; at an epoch's start, only the examples must be.
     stream: dict[str, int] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=lambda: {"data": 0.0, "step": 0.0, "bookkeeping": 0.0, "eval": 0.0})
 
@@ -173,7 +174,10 @@ class Trainer:
         same data stream, or ``None`` when it can: the stream it counted in changed, or its place
         lies past the end of an epoch as the epoch is now (a loop there would take no step)."""
         before, now = saved.get("stream") or {}, self.data_stream()
-        changed = [f"{key} {before[key]} -> {now[key]}" for key in now if key in before and before[key] != now[key]]
+        # At an epoch's start the place means the same in any split of the epoch: a torchrun run
+        # may be continued by one process (only the examples themselves must be the same).
+        compared = now if saved["batch_in_epoch"] else {"train_examples": now["train_examples"]}
+        changed = [f"{key} {before[key]} -> {now[key]}" for key in compared if key in before and before[key] != now[key]]
         if changed:
             return (f"the checkpoint of step {saved['step']} was taken in another data stream ({', '.join(changed)}): "
                     "its place in the epoch means other examples now. Resume with the same data, number of "
