@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import CompactHydraException, ConfigCompositionException, HydraException
+from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from .config import ConfigError, check_config
@@ -51,13 +51,11 @@ def answer(error: Exception, overrides: Sequence[str]) -> str | None:
     for one that is not a bad input (a bug: its traceback is due)."""
     if isinstance(error, ConfigCompositionException) and _unknown_key(error) is not None:
         return unknown_key_answer(_unknown_key(error), overrides) or _flat(error)
-    if isinstance(error, (CompactHydraException, OmegaConfBaseException)):
+    if isinstance(error, (HydraException, OmegaConfBaseException)):
         return _flat(error)
     if isinstance(error, OSError):  # Hydra making the run directory
         where = f" {error.filename}" if error.filename else ""
         return f"cannot make the run directory{where}: {error.strerror or error}"
-    if isinstance(error, HydraException):
-        return _flat(error)
     return None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -56,6 +58,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def log_handlers_let_go_of_the_capture():
+    """A handler that a test's imports made on pytest's captured stdout or stderr (absl's, with
+    tensorflow-datasets) writes to the real stream afterwards. absl's handler closes its stream
+    when Hydra's logging set-up in a later in-process ``main.py`` replaces it, and that stream is
+    pytest's own capture (the whole session then fails)."""
+    yield
+    real = {id(sys.stdout): sys.__stdout__, id(sys.stderr): sys.__stderr__}
+    for reference in list(logging._handlerList):
+        handler = reference()
+        stream = vars(handler).get("stream") if handler is not None else None  # not a lazy sys.stderr
+        if stream is not None and id(stream) in real:
+            handler.setStream(real[id(stream)])
 
 
 @pytest.fixture
