@@ -25,7 +25,6 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -36,6 +35,7 @@ from experiments.run_dir import made_for_this_process
 from experiments.runner import run
 from experiments.signals import Interrupted, signal_name, stop_signals_raise
 from experiments.slurm import TIME_LIMIT_SIGNAL, SlurmJob
+from experiments.sweeps import RunFailed
 from experiments.trainer import TrainingDiverged
 
 register_schema()
@@ -56,11 +56,6 @@ def one_line(summary: dict) -> str:
         f"final loss {summary['final_loss']:.4g} (smoothed {summary['final_smoothed_loss']:.4g}), "
         f"{evals}, {summary['wall_time']:.1f} s"
     )
-
-
-class RunFailed(CompactHydraException):
-    """A run of a multirun did not finish. Hydra finishes the other runs, then prints this alone
-    and exits with 1."""
 
 
 def fail(message: str, exit_code: int) -> None:

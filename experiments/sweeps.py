@@ -18,12 +18,18 @@ import sys
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 _INTERPOLATION = re.compile(r"\$\{([^${}]+)\}")
 _EVERY_JOB = {"hydra.job.num", "hydra:job.num", "hydra.job.id", "hydra:job.id"}
 _OVERRIDE_DIRNAME = {"hydra.job.override_dirname", "hydra:job.override_dirname"}
+
+
+class RunFailed(CompactHydraException):
+    """A run of a multirun did not finish (its job, under a cluster launcher, included). Hydra
+    finishes the other runs, then prints this alone, and ``main.py`` exits with 1."""
 
 
 def swept_keys(overrides: list[str]) -> list[str]:

@@ -27,11 +27,11 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf, open_dict
 
 from experiments.logging import SUMMARY
 from experiments.slurm import queued_jobs
+from experiments.sweeps import RunFailed
 
 try:
     from hydra_plugins.hydra_submitit_launcher import submitit_launcher
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 _FIRST_POLL_S, _LAST_POLL_S = 2.0, 30.0  # squeue is asked often at first, then every 30 s
 
 
-class JobEnded(CompactHydraException):
+class JobEnded(RunFailed):
     """A job of the multirun ended without a result (cancelled, killed, out of requeues)."""
 
 
