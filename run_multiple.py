@@ -6,10 +6,9 @@
     python run_multiple.py all --seeds 1 data_dir=/data   # trailing Hydra overrides reach every run
 
 A grid is tasks x columns (optimizer configs) x seeds. A task is an experiment preset
-(``conf/experiment/<preset>.yaml``: model, dataset, trainer) and, where the paper's optimizer
-settings for it differ from the optimizer configs' own (the NLP table's), a family of settings
-``conf/experiment/optimizers/<family>/<optimizer>.yaml``, added to a run as
-``+experiment/optimizers/<family>=<optimizer>`` when that file exists.
+(``conf/experiment/<preset>.yaml``: model, dataset, trainer, and the task group whose optimizer
+settings ``conf/experiment/optimizers/<group>/<optimizer>.yaml`` the composition merges over the
+optimizer's config), so a run is ``main.py +experiment=<preset> optimizer=<column>``, as by hand.
 
 Each run has the directory ``<root>/<grid>/<dataset>-<model>-<optimizer>-seed<seed>`` (Hydra's
 sweep dir and subdir: the same under every launcher), and its ``summary.json`` decides what a
@@ -58,7 +57,6 @@ from experiments.logging import SUMMARY
 REPO = Path(__file__).resolve().parent
 MAIN = REPO / "main.py"
 CONF = REPO / "conf"
-OPTIMIZER_SETTINGS = CONF / "experiment" / "optimizers"
 RUN_LOG = "run.log"
 
 # The paper's table, in its column order: ADAM, SGD, ADAM-SLS, SGD-SLS, ADAM-SaLSa, SGD-SaLSa.
@@ -83,13 +81,6 @@ class Task:
     dataset: str
     model: str
     preset: str  # conf/experiment/<preset>.yaml
-    family: str | None = None  # conf/experiment/optimizers/<family>/: the row's optimizer settings
-
-    def settings(self, optimizer: str) -> str | None:
-        """The override that gives ``optimizer`` this task's settings, or None when it has none."""
-        if self.family and (OPTIMIZER_SETTINGS / self.family / f"{optimizer}.yaml").is_file():
-            return f"+experiment/optimizers/{self.family}={optimizer}"
-        return None
 
 
 @dataclass(frozen=True)
@@ -106,22 +97,22 @@ class Grid:
 GRIDS = {
     grid.name: grid
     for grid in (
-        Grid("nlp", tuple(Task(d, "bert", "paper/glue_bert", "nlp") for d in ("mnli", "qnli", "mrpc", "sst2")),
+        Grid("nlp", tuple(Task(d, "bert", "paper/glue_bert") for d in ("mnli", "qnli", "mrpc", "sst2")),
              PAPER_COLUMNS, seeds=5),
         # docs/protocol.md: the image seed count is not recorded (the figures show bands). Three is the
         # fewest that gives a mean and a spread, at 60 % of the cost of the NLP table's five.
-        Grid("image", (Task("cifar10", "resnet34_cifar", "paper/cifar_resnet34", "image"),
-                       Task("cifar100", "resnet34_cifar", "paper/cifar_resnet34", "image"),
-                       Task("imagenet", "resnet50", "paper/imagenet_resnet50", "image")),
+        Grid("image", (Task("cifar10", "resnet34_cifar", "paper/cifar_resnet34"),
+                       Task("cifar100", "resnet34_cifar", "paper/cifar_resnet34"),
+                       Task("imagenet", "resnet50", "paper/imagenet_resnet50")),
              PAPER_COLUMNS, seeds=3),
         # docs/protocol.md records no seed count either; a 124M model on OpenWebText gets one per column.
-        Grid("gpt2", (Task("openwebtext", "gpt2", "paper/gpt2_openwebtext", "gpt2"),),
+        Grid("gpt2", (Task("openwebtext", "gpt2", "paper/gpt2_openwebtext"),),
              PAPER_COLUMNS, seeds=1),
         # Tiny models: one thread per process. On a busy 2-core machine 200 digits steps took 0.7 s
         # with one thread and 46 s with two (the OpenMP threads wait for each other).
-        Grid("mini", (Task("digits", "small_cnn", "mini/digits_cnn", "mini"),
-                      Task("rotten_tomatoes", "small_bert", "mini/rotten_tomatoes_bert", "mini"),
-                      Task("rotten_tomatoes_lm", "small_gpt2", "mini/rotten_tomatoes_gpt2", "mini")),
+        Grid("mini", (Task("digits", "small_cnn", "mini/digits_cnn"),
+                      Task("rotten_tomatoes", "small_bert", "mini/rotten_tomatoes_bert"),
+                      Task("rotten_tomatoes_lm", "small_gpt2", "mini/rotten_tomatoes_gpt2")),
              PAPER_COLUMNS + EXTRA_COLUMNS, seeds=3, threads=1),
     )
 }
@@ -191,16 +182,15 @@ class Batch:
     task: Task
     optimizers: tuple[str, ...]
     seeds: tuple[int, ...]
-    settings: str | None
     resume: bool
     runs: tuple[Run, ...]
 
     @classmethod
-    def of(cls, runs: Sequence[Run], settings: str | None, resume: bool) -> Batch:
+    def of(cls, runs: Sequence[Run], resume: bool) -> Batch:
         """The batch of ``runs``, which must be a cross product of their optimizers and seeds."""
         optimizers = tuple(dict.fromkeys(run.optimizer for run in runs))
         seeds = tuple(dict.fromkeys(run.seed for run in runs))
-        return cls(runs[0].task, optimizers, seeds, settings, resume, tuple(runs))
+        return cls(runs[0].task, optimizers, seeds, resume, tuple(runs))
 
     @property
     def label(self) -> str:
@@ -213,24 +203,23 @@ def make_batches(pending: Sequence[tuple[Run, State]], launcher: Launcher) -> li
 
     ``local`` gets one run per batch, so that nothing but the run itself shares its process.
     The other launchers get the largest cross products Hydra can sweep: the runs of one task with
-    the same settings override and resume flag, grouped by the seeds that each optimizer still
-    needs (so that no finished run is launched again).
+    the same resume flag, grouped by the seeds that each optimizer still needs (so that no
+    finished run is launched again).
     """
     if launcher is Launcher.local:
-        return [Batch.of((run,), run.task.settings(run.optimizer), state is not State.fresh)
-                for run, state in pending]
-    # (task, settings override, resume) -> optimizer -> its runs
-    blocks: dict[tuple[Task, str | None, bool], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+        return [Batch.of((run,), state is not State.fresh) for run, state in pending]
+    # (task, resume) -> optimizer -> its runs
+    blocks: dict[tuple[Task, bool], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run, state in pending:
         # A requeued SLURM job repeats its command line, so it must be able to continue its record.
         resume = state is not State.fresh or launcher is Launcher.submitit_slurm
-        blocks[(run.task, run.task.settings(run.optimizer), resume)][run.optimizer].append(run)
+        blocks[(run.task, resume)][run.optimizer].append(run)
     batches = []
-    for (_, settings, resume), by_optimizer in blocks.items():
+    for (_, resume), by_optimizer in blocks.items():
         by_seeds: dict[tuple[int, ...], list[Run]] = defaultdict(list)
         for runs in by_optimizer.values():
             by_seeds[tuple(run.seed for run in runs)].extend(runs)
-        batches += [Batch.of(runs, settings, resume) for runs in by_seeds.values()]
+        batches += [Batch.of(runs, resume) for runs in by_seeds.values()]
     return batches
 
 
@@ -276,8 +265,6 @@ def command(batch: Batch, grid_dir: Path, options: Options) -> list[str]:
         f"+experiment={task.preset}", f"dataset={task.dataset}", f"model={task.model}",
         f"optimizer={','.join(batch.optimizers)}", f"seed={','.join(map(str, batch.seeds))}",
     ]
-    if batch.settings:
-        cmd.append(batch.settings)
     if batch.resume:
         cmd.append("trainer.resume=true")
     if options.threads is not None:
