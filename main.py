@@ -106,6 +106,8 @@ def main(cfg: DictConfig) -> None:
     if is_main_process():  # under torchrun, rank 0 alone reports: it wrote the record
         print(f"record: {run_dir}")
         print(one_line(summary))
+        for note in summary.get("notes", []):
+            print(f"note: {note}")
 
 
 if __name__ == "__main__":

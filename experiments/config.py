@@ -107,6 +107,9 @@ class TrainerConfig:
     tf32: Optional[bool] = None
     compile: bool = False
     checkpoint_interval: int = 0  # steps between checkpoints; 0: only at the end
+    # Also a checkpoint once this many minutes of the run passed since the last one (0: never),
+    # so that a kill loses minutes of a long run whatever its step interval.
+    checkpoint_minutes: float = 10.0
     keep_checkpoints: int = 2
     device: Device = Device.auto
     resume: bool = False
@@ -180,7 +183,7 @@ def check_values(cfg: DictConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
-    for key in ("eval_interval", "checkpoint_interval", "num_workers"):
+    for key in ("eval_interval", "checkpoint_interval", "checkpoint_minutes", "num_workers"):
         if trainer[key] < 0:
             raise ConfigError(f"trainer.{key} must be >= 0, got {trainer[key]}")
     if not 0.0 <= trainer.loss_smoothing < 1.0:

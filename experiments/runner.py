@@ -19,6 +19,7 @@ import importlib.metadata
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from optim import ClosureOptimizer
 
-from . import distributed, signals
+from . import distributed, signals, speed
 from .checkpoint import PAYLOAD_KEYS, load_latest_checkpoint
 from .config import ConfigError, Device, check_config
 from .data import DataBundle
@@ -184,6 +185,8 @@ def _agreed_resume_point(cfg: DictConfig, run_dir: Path,
     checkpoint = load_latest_checkpoint(run_dir, PAYLOAD_KEYS)
     if checkpoint is None:
         refuse_unusable_checkpoints(run_dir)
+        if process.is_main:  # a resume that silently began again would look like a continuation
+            print(f"trainer.resume=true: no checkpoint in {run_dir}, starting from step 0", file=sys.stderr)
     return checkpoint
 
 
@@ -212,7 +215,8 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
     header = {
         "run_dir": str(run_dir), "optimizer": cfg.optimizer.name, "label": cfg.optimizer.label,
         "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
-        "world_size": process.world_size, "versions": versions(), "tf32": tf32_in_use(),
+        "world_size": process.world_size, "threads": torch.get_num_threads(), "versions": versions(),
+        "tf32": tf32_in_use(),
     }
     if job is not None:  # which job wrote the record, and how often it was requeued
         header.update(slurm_job_id=job.job_id, slurm_restarts=job.restarts)
@@ -252,6 +256,8 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
         if checkpoint is not None:
             trainer.load(checkpoint)
         summary = {"status": "finished", **header, **trainer.fit()}
+        if process.device.type == "cpu" and process.world_size == 1:
+            _note_if_slow(summary, trainer)
     except BaseException as error:  # the record says what happened, then the error propagates
         interrupted = isinstance(error, (Interrupted, KeyboardInterrupt))
         summary = {"status": "interrupted" if interrupted else "failed", **header,
@@ -270,6 +276,19 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
                     _requeue_if_cut_by_time_limit(stopped, summary, job, progressed)
                 loggers.finish(summary)
     return summary
+
+
+def _note_if_slow(summary: dict[str, Any], trainer: Trainer) -> None:
+    """Add a note to the summary of a CPU run that was far slower than its model and data need
+    (``experiments/speed.py``), with the timings that show it."""
+    checked = speed.check(trainer.forward_backward(), train_seconds=summary["train_time"],
+                          steps=summary["steps"], forwards=summary["forwards"])
+    if checked is None:
+        return
+    timings, note = checked
+    summary["forward_backward_seconds"] = {str(threads): seconds for threads, seconds in timings.items()}
+    if note is not None:
+        summary["notes"] = [note]
 
 
 def _requeue_if_cut_by_time_limit(stopped: Interrupted, summary: dict[str, Any], job: SlurmJob,
