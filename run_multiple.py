@@ -12,7 +12,9 @@ optimizer's config), so a run is ``main.py +experiment=<preset> optimizer=<colum
 
 Each run has the directory ``<root>/<grid>/<dataset>-<model>-<optimizer>-seed<seed>`` (Hydra's
 sweep dir and subdir: the same under every launcher), and its ``summary.json`` decides what a
-re-run does: ``finished`` is skipped; a checkpoint is resumed (``trainer.resume=true``); a record
+re-run does: ``finished`` is skipped; so is a run that diverged (``diverged`` in its record: too
+many non-finite steps in a row, which a deterministic run repeats), unless ``--retry-diverged``
+is given; a checkpoint is resumed (``trainer.resume=true``); a record
 without a checkpoint (failed or killed before the first one) is restarted with
 ``trainer.resume=true``, which the runner begins at step 0 (a fresh start refuses a directory that
 holds a record); no record is a fresh run. The directory name does not encode trailing overrides:
@@ -141,6 +143,7 @@ class State(enum.Enum):
     """What a sweep does with a run, read from its directory."""
 
     skip = "skip"  # finished
+    diverged = "diverged"  # failed by diverging: skipped unless --retry-diverged
     resume = "resume"  # a checkpoint to continue from
     restart = "restart"  # a record but no checkpoint: started over with trainer.resume=true
     fresh = "fresh"  # no record
@@ -158,10 +161,12 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) else {"status": "unreadable"}
 
 
-def classify(run_dir: Path) -> State:
+def classify(run_dir: Path, retry_diverged: bool = False) -> State:
     summary = read_summary(run_dir)
     if summary is not None and summary.get("status") == "finished":
         return State.skip
+    if summary is not None and summary.get("diverged") is True and not retry_diverged:
+        return State.diverged
     if list_checkpoints(run_dir):
         return State.resume
     return State.fresh if summary is None else State.restart
@@ -432,6 +437,8 @@ def error_line(log: Path, run_dir: Path) -> str | None:
 def state_detail(run: Run, state: State) -> str:
     if state is State.skip:
         return " (finished)"
+    if state is State.diverged:
+        return " (skipped: it diverged; --retry-diverged runs it again)"
     if state is State.resume:
         return f" (from {list_checkpoints(run.run_dir)[-1].name})"
     if state is State.restart:
@@ -446,9 +453,11 @@ def print_plan(grid: Grid, runs: Sequence[Run], states: dict[Run, State], batche
     for run in runs:
         print(f"  {states[run].value:<8} {run.name}{state_detail(run, states[run])}")
     counts = {state: sum(s is state for s in states.values()) for state in State}
-    print(f"{grid.name}: {len(runs) - counts[State.skip]} to run ({counts[State.fresh]} fresh, "
+    skipped = counts[State.skip] + counts[State.diverged]
+    diverged = f", {counts[State.diverged]} diverged (skipped)" if counts[State.diverged] else ""
+    print(f"{grid.name}: {len(runs) - skipped} to run ({counts[State.fresh]} fresh, "
           f"{counts[State.resume]} resume, {counts[State.restart]} restart), {counts[State.skip]} finished "
-          f"(skipped); {len(batches)} commands ({options.launcher.value} launcher):")
+          f"(skipped){diverged}; {len(batches)} commands ({options.launcher.value} launcher):")
     for batch in batches:
         print(f"  $ {shlex.join(command(batch, grid_dir, options))}")
         print(f"    log: {batch_log(batch, grid_dir, options.launcher)}")
@@ -477,6 +486,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--columns", help="comma-separated optimizer configs instead of the grid's columns")
     parser.add_argument("--tasks", help="comma-separated datasets: only these rows")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and commands, start nothing")
+    parser.add_argument("--retry-diverged", action="store_true",
+                        help="run again the runs that diverged (skipped otherwise: a deterministic run diverges again)")
     parser.add_argument("--launcher", type=Launcher, choices=list(Launcher), default=Launcher.local,
                         metavar="{" + ",".join(launcher.value for launcher in Launcher) + "}")
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1,
@@ -505,8 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         grid_columns = tuple(dict.fromkeys(columns or grid.columns + EXTRA_COLUMNS * args.extra))
         seeds = args.seeds or grid.seeds
         runs = plan_runs(grid, root, grid_columns, seeds, tasks)
-        states = {run: classify(run.run_dir) for run in runs}
-        pending = [(run, state) for run, state in states.items() if state is not State.skip]
+        states = {run: classify(run.run_dir, args.retry_diverged) for run in runs}
+        pending = [(run, state) for run, state in states.items() if state not in (State.skip, State.diverged)]
         batches = make_batches(pending, args.launcher)
         shape = (len(tasks), len(grid_columns), seeds)
         threads = threads_per_run(grid, args.launcher, args.n_jobs, args.overrides)
@@ -520,7 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [run for run in launched if classify(run.run_dir) is not State.skip]
     print(f"{len(launched) - len(failed)} of {len(launched)} launched runs finished.")
     if failed:
-        print(f"{len(failed)} did not finish (the same command again resumes or restarts them):")
+        print(f"{len(failed)} did not finish (the same command again resumes or restarts them, and skips "
+              "those that diverged unless --retry-diverged is given):")
         print("\n".join(describe_failure(run, logs.get(run)) for run in failed))
     return 1 if failed else 0
 

@@ -42,7 +42,7 @@ from .param_groups import DecayScope, parameter_groups
 from .run_dir import Claim, RunRefused, check_record, claimed, refuse_unusable_checkpoints
 from .signals import Interrupted, signal_name
 from .slurm import TIME_LIMIT_SIGNAL, SlurmJob
-from .trainer import Trainer
+from .trainer import Trainer, TrainingDiverged
 
 
 def seed_everything(seed: int) -> None:
@@ -262,6 +262,8 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
         interrupted = isinstance(error, (Interrupted, KeyboardInterrupt))
         summary = {"status": "interrupted" if interrupted else "failed", **header,
                    "error": f"{type(error).__name__}: {error}"}
+        if isinstance(error, TrainingDiverged):  # an outcome of the optimizer, not of the machine:
+            summary["diverged"] = True  # run again, it diverges again (run_multiple.py skips it)
         if trainer is not None:
             summary.update(steps=trainer.state.step, final_loss=trainer.state.last_loss,
                            bad_steps=trainer.state.bad_steps)

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 import run_multiple
 
 COUNT_LINE = re.compile(r"^(\w+): (\d+) runs \((\d+) tasks x (\d+) columns x (\d+) seeds\)", re.M)
-RUN_LINE = re.compile(r"^  (skip|resume|restart|fresh) +(\S+)", re.M)
+RUN_LINE = re.compile(r"^  (skip|diverged|resume|restart|fresh) +(\S+)", re.M)
 
 
 def dry_run(capsys, *argv: str) -> str:
@@ -254,6 +254,29 @@ def test_a_failing_run_is_isolated_and_reported(capsys, tmp_path):
     out = dry_run(capsys, *argv)
     states = {name: state for state, name in RUN_LINE.findall(out)}
     assert states == {bad.name: "fresh", good.name: "skip"}
+
+
+def test_a_run_that_diverged_is_skipped_by_the_next_sweep_unless_retried(capsys, tmp_path):
+    """SGD at lr 1e30 diverges (3 non-finite steps in a row) every time: the sweep records it as
+    diverged, the next one skips it, --retry-diverged resumes it; a run that failed otherwise is
+    tried again as before."""
+    argv = ["mini", "--tasks", "digits", "--columns", "sgd", "--seeds", "2", "--root", str(tmp_path),
+            "trainer.max_steps=30", "trainer.max_bad_steps=3", "trainer.batch_size=${seed}",
+            "optimizer.build.lr=1e30"]
+    assert run_multiple.main(argv) == 1  # seed 0: batch size 0, a config error; seed 1 diverges
+    grid = tmp_path / "mini"
+    diverged, refused = grid / "digits-small_cnn-sgd-seed1", grid / "digits-small_cnn-sgd-seed0"
+    record = json.loads((diverged / "summary.json").read_text())
+    assert record["status"] == "failed" and record["diverged"] is True
+    assert "consecutive steps" in record["error"]
+    out = capsys.readouterr().out
+    assert "skips those that diverged unless --retry-diverged" in out
+    out = dry_run(capsys, *argv)
+    assert {name: state for state, name in RUN_LINE.findall(out)} == {diverged.name: "diverged", refused.name: "fresh"}
+    assert "mini: 1 to run (1 fresh, 0 resume, 0 restart), 0 finished (skipped), 1 diverged (skipped)" in out
+    assert [arg(cmd, "seed") for cmd in commands(out)] == ["0"]
+    out = dry_run(capsys, *argv, "--retry-diverged")
+    assert {name: state for state, name in RUN_LINE.findall(out)} == {diverged.name: "restart", refused.name: "fresh"}
 
 
 def test_a_stopped_joblib_multirun_is_finished_run_by_run(capsys, tmp_path, monkeypatch):
