@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.config import ConfigError, register_schema
 from experiments.distributed import is_main_process
-from experiments.run_dir import made_for_this_process
+from experiments.run_dir import made_for_this_process, remove_empty_parents
 from experiments.runner import run
 from experiments.signals import Interrupted
 from experiments.slurm import TIME_LIMIT_SIGNAL, SlurmJob
@@ -95,7 +95,10 @@ def main(cfg: DictConfig) -> None:
                               "directory; give a folder, e.g. hydra.run.dir=outputs/<name>")
         summary = run(cfg, run_dir, own_dir=own_dir, invocation=invocation(cfg))
     except (ConfigError, FileNotFoundError) as error:  # a wrong setting, missing data, a refusal
-        return fail(f"error: {error} (run: {run_dir})", 2)
+        if run_dir.exists():
+            return fail(f"error: {error} (run: {run_dir})", 2)
+        remove_empty_parents(run_dir, LAUNCHED)  # the claim removed the run directory it made
+        return fail(f"error: {error} (nothing written; {run_dir} was removed)", 2)
     except TrainingDiverged as error:
         return fail(f"failed: {error} (record: {run_dir})", 3)
     except Interrupted as error:

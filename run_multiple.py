@@ -429,7 +429,7 @@ def error_line(log: Path, run_dir: Path) -> str | None:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return None
-    ends = (f"(run: {run_dir})", f"(record: {run_dir})")
+    ends = (f"(run: {run_dir})", f"(record: {run_dir})", f"; {run_dir} was removed)")
     return next((line for line in reversed(lines)
                  if line.startswith(("error:", "failed:", "interrupted:")) and line.endswith(ends)), None)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -421,6 +422,10 @@ class Trainer:
         """Train to ``total_steps``; returns the summary fields of the run."""
         self.model.train()
         self._use_weights("train")  # a fresh optimizer, or one restored from an eval-mode checkpoint
+        if self.scheduler is not None and isinstance(self.optimizer, ClosureOptimizer):
+            warnings.warn(f"{type(self.scheduler).__name__} has no effect on {type(self.optimizer).__name__}: a line "
+                          "search sets its own step size at every step, and a group's lr only mirrors it; "
+                          "drop the scheduler", UserWarning, stacklevel=2)
         state = self.state
         progress = tqdm(total=self.total_steps, initial=state.step, disable=not self.cfg.progress,
                         desc="train", dynamic_ncols=True)
