@@ -21,7 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
+from experiments.extras import require
+
+# Checked before the imports below, so that a missing extra is one line naming it, not a traceback.
+require("main.py", "hydra", "omegaconf", "tqdm", "sklearn")
+
+import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode

@@ -53,8 +53,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from experiments.checkpoint import list_checkpoints
-from experiments.logging import SUMMARY
+from experiments.extras import require
+
+# Checked before the imports below, so that a missing extra is one line naming it, not a traceback.
+require("run_multiple.py", "hydra", "omegaconf")
+
+from experiments.checkpoint import list_checkpoints  # noqa: E402
+from experiments.logging import SUMMARY  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
 MAIN = REPO / "main.py"
@@ -125,6 +130,13 @@ class Launcher(enum.Enum):
     local = "local"
     joblib = "joblib"
     submitit_slurm = "submitit_slurm"
+
+
+# The Hydra plugin each launcher needs (the `cluster` extra), checked before anything is planned.
+LAUNCHER_PLUGINS = {
+    Launcher.joblib: "hydra_plugins.hydra_joblib_launcher",
+    Launcher.submitit_slurm: "hydra_plugins.hydra_submitit_launcher",
+}
 
 
 @dataclass(frozen=True)
@@ -501,6 +513,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.launcher in LAUNCHER_PLUGINS:
+        require(f"--launcher {args.launcher.value}", LAUNCHER_PLUGINS[args.launcher])
     grids = [GRIDS[name] for name in (ALL if args.grid == "all" else (args.grid,))]
     columns = select(args.columns, [path.stem for path in (CONF / "optimizer").glob("*.yaml")], "optimizer")
     wanted = select(args.tasks, [task.dataset for grid in grids for task in grid.tasks], "task")

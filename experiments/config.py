@@ -30,6 +30,7 @@ from optim import ClosureOptimizer
 from optim.presets import PAPER_PRESETS, paper_optimizer
 
 from .data.tokenizer_names import CHOICES as TOKENIZER_CHOICES
+from .extras import install_hint
 from .param_groups import DecayScope
 
 
@@ -226,7 +227,7 @@ def _import(key: str, dotted: str) -> Any:
     try:
         return getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError, ValueError) as error:
-        raise ConfigError(f"{key}: cannot import {dotted!r} ({error})") from error
+        raise ConfigError(f"{key}: cannot import {dotted!r} ({error}){install_hint(error)}") from error
 
 
 def _check_arguments(group: str, target: Any, build: dict, passed_by_runner: set[str]) -> None:

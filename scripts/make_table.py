@@ -51,8 +51,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+from experiments.extras import require
+
+# Checked before the imports below, so that a missing extra is one line naming it, not a traceback.
+require("make_table.py", "pandas", "matplotlib", "tabulate", "omegaconf")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # not pyplot: no global figure state, no display backend
 
 from run_records import (  # scripts/ is on sys.path when a script in it runs
