@@ -17,7 +17,7 @@ The runs counted are those of ``make_table.py``: finished ones, the latest of re
 
 Usage::
 
-    python scripts/plot_curves.py [RUN_ROOT ...] [--out results/plots] [--pdf] [--beta 0.99]
+    python scripts/plot_curves.py [RUN_ROOT ...] [--out outputs/plots] [--pdf] [--beta 0.99]
 
 RUN_ROOT defaults to ``multirun outputs``.
 """
@@ -170,7 +170,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, arg
     parser.add_argument("roots", nargs="*", type=Path, default=[Path("multirun"), Path("outputs")],
                         metavar="RUN_ROOT",
                         help="directories searched for run records (default: multirun outputs)")
-    parser.add_argument("--out", type=Path, default=Path("results/plots"), help="default: results/plots")
+    parser.add_argument("--out", type=Path, default=Path("outputs/plots"),
+                        help="default: outputs/plots (ignored by git; the committed plots: --out results/mini/plots)")
     parser.add_argument("--pdf", action="store_true", help="also write a PDF of every figure")
     parser.add_argument("--beta", type=float, default=BETA,
                         help=f"EMA weight of the loss curve (default {BETA})")
