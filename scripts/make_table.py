@@ -188,14 +188,14 @@ def average_rank(means: pd.DataFrame, higher_is_better: bool) -> pd.Series:
 
 
 def summary_rows(means: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
-    """The "log average" and "average rank" rows, indexed like ``means``'s rows; none when no
-    optimizer has every task (the rows would be all dashes)."""
+    """The "log average" and "average rank" rows, indexed like ``means``'s rows; none for a single
+    task (they would repeat its row) or when no optimizer has every task (they would be all dashes)."""
     rows = pd.DataFrame({
         ("log average", ""): log_average(means),
         ("average rank", ""): average_rank(means, higher_is_better),
     }, index=means.columns).T
     rows.index = pd.MultiIndex.from_tuples(rows.index, names=INDEX)
-    return rows[rows.notna().any(axis=1)]
+    return rows[rows.notna().any(axis=1)] if len(means) > 1 else rows.iloc[:0]
 
 
 def number(value: float) -> str:
@@ -268,7 +268,8 @@ def table_section(table: Table, runs_note: str) -> Section:
         f"{runs_note}",
     ]
     if summary.empty:
-        notes.append("No log average or average rank: no optimizer has a value for every task.")
+        why = "a single task" if len(table.mean) == 1 else "no optimizer has a value for every task"
+        notes.append(f"No log average or average rank: {why}.")
     else:
         notes += [
             f"log average: geometric mean over the tasks ({len(table.mean)}), for optimizers with every task "

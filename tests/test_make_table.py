@@ -196,7 +196,7 @@ def test_paper_numbers_side_by_side_equal_the_csv(tmp_path):
     markdown = (out / "table.md").read_text()
     compared = markdown_rows(markdown, "Final training loss: ours / paper")
     assert compared["SST2"] == ["BERT", f"0.5 / {sst2['ADAM']}", f"0.25 / {sst2['ADAM-SaLSa']}"]  # no L4Adam
-    assert compared["average rank"] == ["", "2 / 1", "1 / 2"]  # each ranked on these cells
+    assert set(compared) == {"SST2"}  # one task: summary rows would only repeat its row
     printed = markdown_rows(markdown, "The paper's summary rows")
     assert printed["log average (printed)"][:2] == ["0.0355", "0.0930"]  # as printed
     assert printed["average rank (printed)"] == ["2.75", "4.625", "3.125", "5.5", "1.25", "3.75"]
