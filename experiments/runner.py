@@ -257,7 +257,8 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
             trainer.load(checkpoint)
         summary = {"status": "finished", **header, **trainer.fit()}
         if process.device.type == "cpu" and process.world_size == 1:
-            _note_if_slow(summary, trainer)
+            with signals.stop_signals_ignored():  # the run is complete: a stop now must not undo that
+                _note_if_slow(summary, trainer)
     except BaseException as error:  # the record says what happened, then the error propagates
         interrupted = isinstance(error, (Interrupted, KeyboardInterrupt))
         summary = {"status": "interrupted" if interrupted else "failed", **header,
