@@ -4,13 +4,20 @@ without a checkpoint prints."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from experiments import speed
 from harness_utils import compose_run_config, crash_then_resume, logged_rows, run_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_probe_times_each_thread_count_with_that_many_threads():
@@ -57,28 +64,34 @@ def test_short_runs_and_long_steps_are_not_probed():
     assert speed.check(work, train_seconds=100.0, steps=1000, forwards=1000, used=1, cores=1) is None
 
 
-def test_a_slow_run_says_so_in_its_summary_and_on_the_console(tmp_path, monkeypatch, capsys):
+SLOW_RUN = """
+import runpy, sys
+from experiments import speed
+speed.MIN_TRAIN_SECONDS = 0.0  # probe even this short run
+# The probe's measurement, made independent of this machine: a forward and backward takes 1
+# microsecond at any thread count, far less than any real step.
+speed.probe = lambda work, counts, repeats=speed.REPEATS: {{t: 1e-6 for t in counts}}
+speed.available_cores = lambda: 2
+sys.argv = {argv!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_slow_run_says_so_in_its_summary_and_on_the_console(tmp_path):
     """A run whose steps took far longer than a forward and backward of its model: the summary
     carries the note and the timings, and main.py prints the note."""
-    from harness_utils import main_in_process
-
-    monkeypatch.setattr(speed, "MIN_TRAIN_SECONDS", 0.0)
-    # The probe's measurement, made independent of this machine: a forward and backward of the
-    # model takes 1 microsecond with any thread count, far less than any real step.
-    monkeypatch.setattr(speed, "probe", lambda work, counts, repeats=speed.REPEATS: {t: 1e-6 for t in counts})
-    monkeypatch.setattr(speed, "available_cores", lambda: 2)
-    monkeypatch.chdir(tmp_path)
-    code = main_in_process(["trainer.max_steps=5", "trainer.progress=false", "trainer.device=cpu",
-                            f"hydra.run.dir={tmp_path / 'run'}"])
-    assert code == 0
-    out = capsys.readouterr().out
-    import json
+    argv = [str(ROOT / "main.py"), "trainer.max_steps=5", "trainer.progress=false", "trainer.device=cpu",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", SLOW_RUN.format(argv=argv)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["threads"] == 1
     assert summary["forward_backward_seconds"] == {"1": 1e-6, "2": 1e-6}
     (note,) = summary["notes"]
     assert note.endswith("other work kept the cores busy")  # one thread was as fast as two
-    assert f"note: {note}" in out.splitlines()
+    assert f"note: {note}" in done.stdout.splitlines()
 
 
 def test_a_fast_run_gets_no_note(tmp_path):
