@@ -2,8 +2,10 @@
 
 A cell is the mean (± the sample standard deviation over seeds) of the paper's metric, the final
 training loss, over the finished runs of that task and optimizer (one per seed, the latest of
-reruns). Below the tasks: the "log average" (geometric mean over tasks) and the "average rank".
-The best cell of every row is in bold. A cell without runs is shown as missing (–), never filled.
+reruns; ``run_records.py`` says which runs are reruns). Below the tasks: the "log average"
+(geometric mean over tasks) and the "average rank". The best cell of every row is in bold. A cell
+without runs is shown as missing (–), never filled; a row, column or summary row that would be all
+missing is left out, and so is a table that no run recorded (each said on stderr or in a note).
 
 The final training loss is read off a smoothed curve (docs/protocol.md, "The table's metric"):
 
