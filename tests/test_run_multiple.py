@@ -307,7 +307,9 @@ def test_a_stopped_joblib_multirun_is_finished_run_by_run(capsys, tmp_path, monk
     everything = {f"digits-small_cnn-{o}-seed{s}" for o in ("l4_adam", "sgd", "l4_mom") for s in range(3)}
     assert finished == everything - {bad}
     assert all((grid / name / "attempts").read_text() == "x" for name in finished)  # each ran once
-    assert "running its 2 runs without an outcome one by one" in out  # sgd seeds 1 and 2
+    # One multirun for the three columns (l4_adam, sgd, l4_mom x seeds 0-2): it stops at sgd seed 1,
+    # leaving that run, sgd seed 2 and l4_mom's three without an outcome.
+    assert "running its 5 runs without an outcome one by one" in out
     failures = out.split("did not finish")[1]
     assert f"{bad}: no record" in failures and f"log: {grid / bad / 'run.log'}" in failures
     assert "error: bad run" in (grid / bad / "run.log").read_text()
