@@ -23,7 +23,12 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
+from experiments.extras import require
+
+# Checked before the imports below, so that a missing extra is one line naming it, not a traceback.
+require("main.py", "hydra", "omegaconf", "tqdm", "sklearn")
+
+import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.composition import BAD_INPUT, answer, hydra_failures_raised
 from experiments.config import ConfigError, register_schema
 from experiments.distributed import is_main_process
-from experiments.run_dir import made_for_this_process
+from experiments.run_dir import made_for_this_process, remove_empty_parents
 from experiments.runner import run
 from experiments.signals import Interrupted, signal_name, stop_signals_raise
 from experiments.slurm import TIME_LIMIT_SIGNAL, SlurmJob
@@ -90,7 +95,10 @@ def main(cfg: DictConfig) -> None:
     try:
         summary = run(cfg, run_dir, own_dir=own_dir, invocation=invocation(cfg))
     except (ConfigError, FileNotFoundError) as error:  # a wrong setting, missing data, a refusal
-        return fail(f"error: {error} (run: {run_dir})", 2)
+        if run_dir.exists():
+            return fail(f"error: {error} (run: {run_dir})", 2)
+        remove_empty_parents(run_dir, LAUNCHED)  # the claim removed the run directory it made
+        return fail(f"error: {error} (nothing written; {run_dir} was removed)", 2)
     except TrainingDiverged as error:
         return fail(f"failed: {error} (record: {run_dir})", 3)
     except Interrupted as error:
@@ -102,6 +110,8 @@ def main(cfg: DictConfig) -> None:
     if is_main_process():  # under torchrun, rank 0 alone reports: it wrote the record
         print(f"record: {run_dir}")
         print(one_line(summary))
+        for note in summary.get("notes", []):
+            print(f"note: {note}")
 
 
 def _stopped_before_the_run(signum: int) -> Interrupted:

@@ -6,14 +6,15 @@
     python run_multiple.py all --seeds 1 data_dir=/data   # trailing Hydra overrides reach every run
 
 A grid is tasks x columns (optimizer configs) x seeds. A task is an experiment preset
-(``conf/experiment/<preset>.yaml``: model, dataset, trainer) and, where the paper's optimizer
-settings for it differ from the optimizer configs' own (the NLP table's), a family of settings
-``conf/experiment/optimizers/<family>/<optimizer>.yaml``, added to a run as
-``+experiment/optimizers/<family>=<optimizer>`` when that file exists.
+(``conf/experiment/<preset>.yaml``: model, dataset, trainer, and the task group whose optimizer
+settings ``conf/experiment/optimizers/<group>/<optimizer>.yaml`` the composition merges over the
+optimizer's config), so a run is ``main.py +experiment=<preset> optimizer=<column>``, as by hand.
 
 Each run has the directory ``<root>/<grid>/<dataset>-<model>-<optimizer>-seed<seed>`` (Hydra's
 sweep dir and subdir: the same under every launcher), and its ``summary.json`` decides what a
-re-run does: ``finished`` is skipped; a checkpoint is resumed (``trainer.resume=true``); a record
+re-run does: ``finished`` is skipped; so is a run that diverged (``diverged`` in its record: too
+many non-finite steps in a row, which a deterministic run repeats), unless ``--retry-diverged``
+is given; a checkpoint is resumed (``trainer.resume=true``); a record
 without a checkpoint (failed or killed before the first one) is restarted with
 ``trainer.resume=true``, which the runner begins at step 0 (a fresh start refuses a directory that
 holds a record); no record is a fresh run. The directory name does not encode trailing overrides:
@@ -52,15 +53,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-from experiments.checkpoint import list_checkpoints
-from experiments.logging import SUMMARY
-from experiments.run_dir import RUN_LOG
-from experiments.signals import on_stop_signals, signal_name
+from experiments.extras import require
+
+# Checked before the imports below, so that a missing extra is one line naming it, not a traceback.
+require("run_multiple.py", "hydra", "omegaconf")
+
+from experiments.checkpoint import list_checkpoints  # noqa: E402
+from experiments.logging import SUMMARY  # noqa: E402
+from experiments.run_dir import RUN_LOG  # noqa: E402
+from experiments.signals import on_stop_signals, signal_name  # noqa: E402
 
 REPO = Path(__file__).resolve().parent
 MAIN = REPO / "main.py"
 CONF = REPO / "conf"
-OPTIMIZER_SETTINGS = CONF / "experiment" / "optimizers"
 
 # The paper's table, in its column order: ADAM, SGD, ADAM-SLS, SGD-SLS, ADAM-SaLSa, SGD-SaLSa.
 PAPER_COLUMNS = ("adam", "sgd", "sls_adam", "sls", "salsa", "salsa_sgd")
@@ -84,13 +89,6 @@ class Task:
     dataset: str
     model: str
     preset: str  # conf/experiment/<preset>.yaml
-    family: str | None = None  # conf/experiment/optimizers/<family>/: the row's optimizer settings
-
-    def settings(self, optimizer: str) -> str | None:
-        """The override that gives ``optimizer`` this task's settings, or None when it has none."""
-        if self.family and (OPTIMIZER_SETTINGS / self.family / f"{optimizer}.yaml").is_file():
-            return f"+experiment/optimizers/{self.family}={optimizer}"
-        return None
 
 
 @dataclass(frozen=True)
@@ -107,22 +105,22 @@ class Grid:
 GRIDS = {
     grid.name: grid
     for grid in (
-        Grid("nlp", tuple(Task(d, "bert", "paper/glue_bert", "nlp") for d in ("mnli", "qnli", "mrpc", "sst2")),
+        Grid("nlp", tuple(Task(d, "bert", "paper/glue_bert") for d in ("mnli", "qnli", "mrpc", "sst2")),
              PAPER_COLUMNS, seeds=5),
         # docs/protocol.md: the image seed count is not recorded (the figures show bands). Three is the
         # fewest that gives a mean and a spread, at 60 % of the cost of the NLP table's five.
-        Grid("image", (Task("cifar10", "resnet34_cifar", "paper/cifar_resnet34", "image"),
-                       Task("cifar100", "resnet34_cifar", "paper/cifar_resnet34", "image"),
-                       Task("imagenet", "resnet50", "paper/imagenet_resnet50", "image")),
+        Grid("image", (Task("cifar10", "resnet34_cifar", "paper/cifar_resnet34"),
+                       Task("cifar100", "resnet34_cifar", "paper/cifar_resnet34"),
+                       Task("imagenet", "resnet50", "paper/imagenet_resnet50")),
              PAPER_COLUMNS, seeds=3),
         # docs/protocol.md records no seed count either; a 124M model on OpenWebText gets one per column.
-        Grid("gpt2", (Task("openwebtext", "gpt2", "paper/gpt2_openwebtext", "gpt2"),),
+        Grid("gpt2", (Task("openwebtext", "gpt2", "paper/gpt2_openwebtext"),),
              PAPER_COLUMNS, seeds=1),
         # Tiny models: one thread per process. On a busy 2-core machine 200 digits steps took 0.7 s
         # with one thread and 46 s with two (the OpenMP threads wait for each other).
-        Grid("mini", (Task("digits", "small_cnn", "mini/digits_cnn", "mini"),
-                      Task("rotten_tomatoes", "small_bert", "mini/rotten_tomatoes_bert", "mini"),
-                      Task("rotten_tomatoes_lm", "small_gpt2", "mini/rotten_tomatoes_gpt2", "mini")),
+        Grid("mini", (Task("digits", "small_cnn", "mini/digits_cnn"),
+                      Task("rotten_tomatoes", "small_bert", "mini/rotten_tomatoes_bert"),
+                      Task("rotten_tomatoes_lm", "small_gpt2", "mini/rotten_tomatoes_gpt2")),
              PAPER_COLUMNS + EXTRA_COLUMNS, seeds=3, threads=1),
     )
 }
@@ -133,6 +131,13 @@ class Launcher(enum.Enum):
     local = "local"
     joblib = "joblib"
     submitit_slurm = "submitit_slurm"
+
+
+# The Hydra plugin each launcher needs (the `cluster` extra), checked before anything is planned.
+LAUNCHER_PLUGINS = {
+    Launcher.joblib: "hydra_plugins.hydra_joblib_launcher",
+    Launcher.submitit_slurm: "hydra_plugins.hydra_submitit_launcher",
+}
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,7 @@ class State(enum.Enum):
     """What a sweep does with a run, read from its directory."""
 
     skip = "skip"  # finished
+    diverged = "diverged"  # failed by diverging: skipped unless --retry-diverged
     resume = "resume"  # a checkpoint to continue from
     restart = "restart"  # a record but no checkpoint: started over with trainer.resume=true
     fresh = "fresh"  # no record
@@ -168,10 +174,12 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) else {"status": "unreadable"}
 
 
-def classify(run_dir: Path) -> State:
+def classify(run_dir: Path, retry_diverged: bool = False) -> State:
     summary = read_summary(run_dir)
     if summary is not None and summary.get("status") == "finished":
         return State.skip
+    if summary is not None and summary.get("diverged") is True and not retry_diverged:
+        return State.diverged
     if list_checkpoints(run_dir):
         return State.resume
     return State.fresh if summary is None else State.restart
@@ -192,16 +200,15 @@ class Batch:
     task: Task
     optimizers: tuple[str, ...]
     seeds: tuple[int, ...]
-    settings: str | None
     resume: bool
     runs: tuple[Run, ...]
 
     @classmethod
-    def of(cls, runs: Sequence[Run], settings: str | None, resume: bool) -> Batch:
+    def of(cls, runs: Sequence[Run], resume: bool) -> Batch:
         """The batch of ``runs``, which must be a cross product of their optimizers and seeds."""
         optimizers = tuple(dict.fromkeys(run.optimizer for run in runs))
         seeds = tuple(dict.fromkeys(run.seed for run in runs))
-        return cls(runs[0].task, optimizers, seeds, settings, resume, tuple(runs))
+        return cls(runs[0].task, optimizers, seeds, resume, tuple(runs))
 
     @property
     def label(self) -> str:
@@ -214,24 +221,23 @@ def make_batches(pending: Sequence[tuple[Run, State]], launcher: Launcher) -> li
 
     ``local`` gets one run per batch, so that nothing but the run itself shares its process.
     The other launchers get the largest cross products Hydra can sweep: the runs of one task with
-    the same settings override and resume flag, grouped by the seeds that each optimizer still
-    needs (so that no finished run is launched again).
+    the same resume flag, grouped by the seeds that each optimizer still needs (so that no
+    finished run is launched again).
     """
     if launcher is Launcher.local:
-        return [Batch.of((run,), run.task.settings(run.optimizer), state is not State.fresh)
-                for run, state in pending]
-    # (task, settings override, resume) -> optimizer -> its runs
-    blocks: dict[tuple[Task, str | None, bool], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
+        return [Batch.of((run,), state is not State.fresh) for run, state in pending]
+    # (task, resume) -> optimizer -> its runs
+    blocks: dict[tuple[Task, bool], dict[str, list[Run]]] = defaultdict(lambda: defaultdict(list))
     for run, state in pending:
         # A requeued SLURM job repeats its command line, so it must be able to continue its record.
         resume = state is not State.fresh or launcher is Launcher.submitit_slurm
-        blocks[(run.task, run.task.settings(run.optimizer), resume)][run.optimizer].append(run)
+        blocks[(run.task, resume)][run.optimizer].append(run)
     batches = []
-    for (_, settings, resume), by_optimizer in blocks.items():
+    for (_, resume), by_optimizer in blocks.items():
         by_seeds: dict[tuple[int, ...], list[Run]] = defaultdict(list)
         for runs in by_optimizer.values():
             by_seeds[tuple(run.seed for run in runs)].extend(runs)
-        batches += [Batch.of(runs, settings, resume) for runs in by_seeds.values()]
+        batches += [Batch.of(runs, resume) for runs in by_seeds.values()]
     return batches
 
 
@@ -277,8 +283,6 @@ def command(batch: Batch, grid_dir: Path, options: Options) -> list[str]:
         f"+experiment={task.preset}", f"dataset={task.dataset}", f"model={task.model}",
         f"optimizer={','.join(batch.optimizers)}", f"seed={','.join(map(str, batch.seeds))}",
     ]
-    if batch.settings:
-        cmd.append(batch.settings)
     if batch.resume:
         cmd.append("trainer.resume=true")
     if options.threads is not None:
@@ -463,7 +467,7 @@ def error_line(log: Path, run_dir: Path) -> str | None:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return None
-    ends = (f"(run: {run_dir})", f"(record: {run_dir})")
+    ends = (f"(run: {run_dir})", f"(record: {run_dir})", f"; {run_dir} was removed)")
     return next((line for line in reversed(lines)
                  if line.startswith(("error:", "failed:", "interrupted:")) and line.endswith(ends)), None)
 
@@ -471,6 +475,8 @@ def error_line(log: Path, run_dir: Path) -> str | None:
 def state_detail(run: Run, state: State) -> str:
     if state is State.skip:
         return " (finished)"
+    if state is State.diverged:
+        return " (skipped: it diverged; --retry-diverged runs it again)"
     if state is State.resume:
         return f" (from {list_checkpoints(run.run_dir)[-1].name})"
     if state is State.restart:
@@ -485,9 +491,11 @@ def print_plan(grid: Grid, runs: Sequence[Run], states: dict[Run, State], batche
     for run in runs:
         print(f"  {states[run].value:<8} {run.name}{state_detail(run, states[run])}")
     counts = {state: sum(s is state for s in states.values()) for state in State}
-    print(f"{grid.name}: {len(runs) - counts[State.skip]} to run ({counts[State.fresh]} fresh, "
+    skipped = counts[State.skip] + counts[State.diverged]
+    diverged = f", {counts[State.diverged]} diverged (skipped)" if counts[State.diverged] else ""
+    print(f"{grid.name}: {len(runs) - skipped} to run ({counts[State.fresh]} fresh, "
           f"{counts[State.resume]} resume, {counts[State.restart]} restart), {counts[State.skip]} finished "
-          f"(skipped); {len(batches)} commands ({options.launcher.value} launcher):")
+          f"(skipped){diverged}; {len(batches)} commands ({options.launcher.value} launcher):")
     for batch in batches:
         print(f"  $ {shlex.join(command(batch, grid_dir, options))}")
         print(f"    log: {batch_log(batch, grid_dir, options.launcher)}")
@@ -518,6 +526,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--columns", help="comma-separated optimizer configs instead of the grid's columns")
     parser.add_argument("--tasks", help="comma-separated datasets: only these rows")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and commands, start nothing")
+    parser.add_argument("--retry-diverged", action="store_true",
+                        help="run again the runs that diverged (skipped otherwise: a deterministic run diverges again)")
     parser.add_argument("--launcher", type=Launcher, choices=list(Launcher), default=Launcher.local,
                         metavar="{" + ",".join(launcher.value for launcher in Launcher) + "}")
     parser.add_argument("--n-jobs", type=int, default=os.cpu_count() or 1,
@@ -531,6 +541,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.launcher in LAUNCHER_PLUGINS:
+        require(f"--launcher {args.launcher.value}", LAUNCHER_PLUGINS[args.launcher])
     grids = [GRIDS[name] for name in (ALL if args.grid == "all" else (args.grid,))]
     columns = select(args.columns, [path.stem for path in (CONF / "optimizer").glob("*.yaml")], "optimizer")
     wanted = select(args.tasks, [task.dataset for grid in grids for task in grid.tasks], "task")
@@ -548,8 +560,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             grid_columns = tuple(dict.fromkeys(columns or grid.columns + EXTRA_COLUMNS * args.extra))
             seeds = args.seeds or grid.seeds
             runs = plan_runs(grid, root, grid_columns, seeds, tasks)
-            states = {run: classify(run.run_dir) for run in runs}
-            pending = [(run, state) for run, state in states.items() if state is not State.skip]
+            states = {run: classify(run.run_dir, args.retry_diverged) for run in runs}
+            pending = [(run, state) for run, state in states.items() if state not in (State.skip, State.diverged)]
             batches = make_batches(pending, args.launcher)
             shape = (len(tasks), len(grid_columns), seeds)
             threads = threads_per_run(grid, args.launcher, args.n_jobs, args.overrides)
@@ -568,7 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed = [run for run in launched if classify(run.run_dir) is not State.skip]
     print(f"{len(launched) - len(failed)} of {len(launched)} launched runs finished.")
     if failed:
-        print(f"{len(failed)} did not finish (the same command again resumes or restarts them):")
+        print(f"{len(failed)} did not finish (the same command again resumes or restarts them, and skips "
+              "those that diverged unless --retry-diverged is given):")
         print("\n".join(describe_failure(run, logs.get(run)) for run in failed))
     return 1 if failed else 0
 

@@ -32,6 +32,7 @@ from optim import ClosureOptimizer
 from optim.presets import PAPER_PRESETS, paper_optimizer
 
 from .data.tokenizer_names import CHOICES as TOKENIZER_CHOICES
+from .extras import install_hint
 from .param_groups import DecayScope
 
 
@@ -109,6 +110,9 @@ class TrainerConfig:
     tf32: Optional[bool] = None
     compile: bool = False
     checkpoint_interval: int = 0  # steps between checkpoints; 0: only at the end
+    # Also a checkpoint once this many minutes of the run passed since the last one (0: never),
+    # so that a kill loses minutes of a long run whatever its step interval.
+    checkpoint_minutes: float = 10.0
     keep_checkpoints: int = 2
     device: Device = Device.auto
     resume: bool = False
@@ -225,7 +229,7 @@ def check_values(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be positive, got {value}")
     if trainer.threads is not None and trainer.threads > MAX_THREADS:
         raise ConfigError(f"trainer.threads must be at most {MAX_THREADS}, got {trainer.threads}")
-    for key in ("eval_interval", "checkpoint_interval", "num_workers"):
+    for key in ("eval_interval", "checkpoint_interval", "checkpoint_minutes", "num_workers"):
         if trainer[key] < 0:
             raise ConfigError(f"trainer.{key} must be >= 0, got {trainer[key]}")
     if not 0.0 <= trainer.loss_smoothing < 1.0:
@@ -268,7 +272,7 @@ def _import(key: str, dotted: str) -> Any:
     try:
         return getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError, ValueError) as error:
-        raise ConfigError(f"{key}: cannot import {dotted!r} ({error})") from error
+        raise ConfigError(f"{key}: cannot import {dotted!r} ({error}){install_hint(error)}") from error
 
 
 def _check_arguments(group: str, target: Any, build: dict, passed_by_runner: set[str]) -> None:

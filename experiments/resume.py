@@ -25,7 +25,7 @@ from .config import RunConfig, dataclass_of
 # augmentations from their own seeds instead of the global RNG.
 RESUMABLE = (
     "trainer.epochs", "trainer.max_steps", "trainer.log_interval", "trainer.checkpoint_interval",
-    "trainer.keep_checkpoints", "trainer.max_bad_steps", "trainer.eval_batch_size",
+    "trainer.checkpoint_minutes", "trainer.keep_checkpoints", "trainer.max_bad_steps", "trainer.eval_batch_size",
     "trainer.progress", "trainer.threads", "trainer.device", "trainer.resume", "data_dir", "logger",
 )
 # These set the length of the run, and with it the length of a learning-rate schedule.

@@ -136,6 +136,23 @@ def made_for_this_process(run_dir: Path, since: float) -> bool:
         return False
 
 
+def remove_empty_parents(run_dir: Path, since: float) -> None:
+    """After a refused run removed its directory, remove the parents made for it that are empty
+    now (``outputs/<name>/`` of ``outputs/<name>/<time>/``), from the innermost up: only inside
+    the working directory, only while empty, and only those changed after ``since`` (a time stamp
+    taken before Hydra made any directory), so that nobody else's directory goes."""
+    cwd = Path.cwd().resolve()
+    for parent in run_dir.resolve().parents:
+        if parent == cwd or cwd not in parent.parents:
+            return
+        try:
+            if parent.stat().st_ctime < since:
+                return
+            parent.rmdir()  # fails on a directory that holds something: it stays, and so do its parents
+        except OSError:
+            return
+
+
 def check_record(run_dir: Path, cfg: DictConfig) -> None:
     """Refuse a run that would overwrite or mix with what ``run_dir`` holds: files that are not a
     run record, a record a fresh run would overwrite, a record whose config is lost, or a resume

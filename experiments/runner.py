@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from optim import ClosureOptimizer
 
-from . import distributed, signals
+from . import distributed, signals, speed
 from .checkpoint import PAYLOAD_KEYS, load_latest_checkpoint
 from .config import ConfigError, Device, check_config
 from .data import DataBundle
@@ -42,7 +42,7 @@ from .param_groups import DecayScope, parameter_groups
 from .run_dir import Claim, RunRefused, check_record, claimed, clear_interrupted_writes, refuse_unusable_checkpoints
 from .signals import Interrupted, signal_name
 from .slurm import TIME_LIMIT_SIGNAL, SlurmJob
-from .trainer import Trainer
+from .trainer import Trainer, TrainingDiverged
 
 
 def seed_everything(seed: int) -> None:
@@ -187,6 +187,8 @@ def _agreed_resume_point(cfg: DictConfig, run_dir: Path,
     checkpoint = load_latest_checkpoint(run_dir, PAYLOAD_KEYS)
     if checkpoint is None:
         refuse_unusable_checkpoints(run_dir)
+        if process.is_main:  # a resume that silently began again would look like a continuation
+            print(f"trainer.resume=true: no checkpoint in {run_dir}, starting from step 0", file=sys.stderr)
     return checkpoint
 
 
@@ -215,7 +217,8 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
     header = {
         "run_dir": str(run_dir), "optimizer": cfg.optimizer.name, "label": cfg.optimizer.label,
         "model": cfg.model.name, "dataset": cfg.dataset.name, "seed": cfg.seed,
-        "world_size": process.world_size, "versions": versions(), "tf32": tf32_in_use(),
+        "world_size": process.world_size, "threads": torch.get_num_threads(), "versions": versions(),
+        "tf32": tf32_in_use(),
     }
     if job is not None:  # which job wrote the record, and how often it was requeued
         header.update(slurm_job_id=job.job_id, slurm_restarts=job.restarts)
@@ -260,10 +263,15 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
         if checkpoint is not None:
             trainer.load(checkpoint)
         summary = {"status": "finished", **header, **trainer.fit()}
+        if process.device.type == "cpu" and process.world_size == 1:
+            with signals.stop_signals_ignored():  # the run is complete: a stop now must not undo that
+                _note_if_slow(summary, trainer)
     except BaseException as error:  # the record says what happened, then the error propagates
         interrupted = isinstance(error, (Interrupted, KeyboardInterrupt))
         summary = {"status": "interrupted" if interrupted else "failed", **header,
                    "error": f"{type(error).__name__}: {error}"}
+        if isinstance(error, TrainingDiverged):  # an outcome of the optimizer, not of the machine:
+            summary["diverged"] = True  # run again, it diverges again (run_multiple.py skips it)
         if trainer is not None:
             summary.update(steps=trainer.state.step, final_loss=trainer.state.last_loss,
                            bad_steps=trainer.state.bad_steps)
@@ -282,6 +290,19 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
                         _requeue_if_cut_by_time_limit(stopped, summary, job, progressed)
                     loggers.finish(summary)
     return summary
+
+
+def _note_if_slow(summary: dict[str, Any], trainer: Trainer) -> None:
+    """Add a note to the summary of a CPU run that was far slower than its model and data need
+    (``experiments/speed.py``), with the timings that show it."""
+    checked = speed.check(trainer.forward_backward(), train_seconds=summary["train_time"],
+                          steps=summary["steps"], forwards=summary["forwards"])
+    if checked is None:
+        return
+    timings, note = checked
+    summary["forward_backward_seconds"] = {str(threads): seconds for threads, seconds in timings.items()}
+    if note is not None:
+        summary["notes"] = [note]
 
 
 def _requeue_if_cut_by_time_limit(stopped: Interrupted, summary: dict[str, Any], job: SlurmJob,

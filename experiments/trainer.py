@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,6 +163,7 @@ class Trainer:
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.language_modeling = data.spec.task == "language_modeling"
         self._stop_signal = 0  # the first stop signal received while training (0: none)
+        self._last_checkpoint_time = time.monotonic()  # for trainer.checkpoint_minutes
         self.state.stream = self.data_stream()
 
     def data_stream(self) -> dict[str, int]:
@@ -210,12 +212,27 @@ class Trainer:
         restore_rng(payload["rng"])
 
     def _checkpoint(self) -> None:
-        """Save the run; call it with the evaluation weights in place (:meth:`_evaluation_weights`)."""
+        """Save the run; call it with the evaluation weights in place (:meth:`_evaluation_weights`),
+        or, for a timed checkpoint, with the training weights: the optimizer's state records which
+        (Schedule-Free's ``train_mode``), and a resume switches to training weights either way."""
+        self._last_checkpoint_time = time.monotonic()
         self.state.last_checkpoint_step = self.state.step
         self.loggers.flush()  # a resume drops the rows after the checkpoint, and only those
         if self.rank == 0:  # the ranks hold the same state; every rank reads it on resume
             payload = self.checkpoint_payload()
             save_checkpoint(self.run_dir, self.state.step, payload, self.cfg.keep_checkpoints)
+
+    def forward_backward(self) -> Callable[[], None]:
+        """One forward and backward on a training batch, the gradients dropped after: the least a
+        step costs (``experiments/speed.py`` times it once training is over)."""
+        size = min(self.cfg.batch_size, len(self.data.train))
+        closure = self.make_closure(self._to_device(self.data.collate([self.data.train[i] for i in range(size)])))
+
+        def work() -> None:
+            closure(backwards=True)
+            self.optimizer.zero_grad(set_to_none=True)
+
+        return work
 
     # -- one step ---------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -439,6 +456,10 @@ class Trainer:
         """Train to ``total_steps``; returns the summary fields of the run."""
         self.model.train()
         self._use_weights("train")  # a fresh optimizer, or one restored from an eval-mode checkpoint
+        if self.scheduler is not None and isinstance(self.optimizer, ClosureOptimizer):
+            warnings.warn(f"{type(self.scheduler).__name__} has no effect on {type(self.optimizer).__name__}: a line "
+                          "search sets its own step size at every step, and a group's lr only mirrors it; "
+                          "drop the scheduler", UserWarning, stacklevel=2)
         state = self.state
         progress = tqdm(total=self.total_steps, initial=state.step, disable=not self.cfg.progress,
                         desc="train", dynamic_ncols=True)
@@ -563,14 +584,29 @@ class Trainer:
         checkpoint_due = bool(cfg.checkpoint_interval) and state.step % cfg.checkpoint_interval == 0
         checkpoint_due = checkpoint_due and not state.consecutive_bad_steps  # keep the last good one
         if not (eval_due or checkpoint_due):
+            if self._timed_checkpoint_due():
+                # At the training weights: switching a Schedule-Free optimizer to its evaluation
+                # weights and back is not exact in floating point, and a checkpoint whose timing
+                # depends on the machine must leave the trajectory as it is.
+                self._as_bookkeeping(self._checkpoint)
             return
         with self._evaluation_weights():  # one switch for both: they see the same weights
             if eval_due:
                 self._record_eval()
-            if checkpoint_due:
-                start = time.perf_counter()
-                self._checkpoint()
-                state.timing["bookkeeping"] += time.perf_counter() - start
+            if checkpoint_due or self._timed_checkpoint_due():
+                self._as_bookkeeping(self._checkpoint)
+
+    def _timed_checkpoint_due(self) -> bool:
+        """``trainer.checkpoint_minutes`` have passed since the last checkpoint (or the start of
+        this process), and the last step was good (the last good checkpoint is kept)."""
+        minutes = self.cfg.checkpoint_minutes
+        elapsed = time.monotonic() - self._last_checkpoint_time
+        return bool(minutes) and elapsed >= 60 * minutes and not self.state.consecutive_bad_steps
+
+    def _as_bookkeeping(self, work: Callable[[], None]) -> None:
+        start = time.perf_counter()
+        work()
+        self.state.timing["bookkeeping"] += time.perf_counter() - start
 
     def summary(self) -> dict[str, Any]:
         state = self.state

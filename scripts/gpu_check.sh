@@ -6,7 +6,7 @@
 #
 #   scripts/gpu_check.sh
 #
-# Settings (environment): PYTHON (python), GPU_CHECK_OUT (bench_results),
+# Settings (environment): PYTHON (python), GPU_CHECK_OUT (outputs/gpu_check, ignored by git),
 # GPU_CHECK_TESTS_TIMEOUT_S (260), GPU_CHECK_BENCH_TIMEOUT_S (170), GPU_CHECK_BENCH_STEPS (120, in
 # blocks of 20), GPU_CHECK_BENCH_WORKLOADS (mlp,cnn,transformer,bert). Each part runs under its own
 # time limit (GNU timeout: SIGINT, so that pytest still writes its XML, then SIGKILL 10 s later); a
@@ -18,7 +18,7 @@ set -u -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
 python=${PYTHON:-python}
-out=${GPU_CHECK_OUT:-bench_results}
+out=${GPU_CHECK_OUT:-outputs/gpu_check}
 tests_timeout=${GPU_CHECK_TESTS_TIMEOUT_S:-260}
 bench_timeout=${GPU_CHECK_BENCH_TIMEOUT_S:-170}
 bench_steps=${GPU_CHECK_BENCH_STEPS:-120}

@@ -10,8 +10,8 @@ library (no torch import), so it runs and is tested anywhere.
 
     python scripts/gpu_check_report.py --device-name "NVIDIA H100 80GB HBM3" --torch 2.14.1 \\
         --cuda 13.0 --pytest-xml work/pytest.xml --pytest-log work/pytest.log --pytest-rc 0 \\
-        --bench-json bench_results/bench_optim_cuda.json --bench-rc 0 \\
-        --bench-workloads mlp,cnn,transformer,bert --seconds 300 --out bench_results
+        --bench-json outputs/gpu_check/bench_optim_cuda.json --bench-rc 0 \\
+        --bench-workloads mlp,cnn,transformer,bert --seconds 300 --out outputs/gpu_check
 """
 
 from __future__ import annotations
@@ -300,7 +300,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bench-timed-out", action="store_true")
     parser.add_argument("--bench-workloads", default="mlp,cnn,transformer,bert")
     parser.add_argument("--seconds", type=float, default=0.0)
-    parser.add_argument("--out", type=Path, default=Path("bench_results"))
+    parser.add_argument("--out", type=Path, default=Path("outputs/gpu_check"))
     return parser.parse_args(argv)
 
 

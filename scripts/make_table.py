@@ -2,8 +2,10 @@
 
 A cell is the mean (± the sample standard deviation over seeds) of the paper's metric, the final
 training loss, over the finished runs of that task and optimizer (one per seed, the latest of
-reruns). Below the tasks: the "log average" (geometric mean over tasks) and the "average rank".
-The best cell of every row is in bold. A cell without runs is shown as missing (–), never filled.
+reruns; ``run_records.py`` says which runs are reruns). Below the tasks: the "log average"
+(geometric mean over tasks) and the "average rank". The best cell of every row is in bold. A cell
+without runs is shown as missing (–), never filled; a row, column or summary row that would be all
+missing is left out, and so is a table that no run recorded (each said on stderr or in a note).
 
 The final training loss is read off a smoothed curve (docs/protocol.md, "The table's metric"):
 
@@ -29,13 +31,14 @@ Other tables (``--metrics``): final validation accuracy, final validation perple
 time (wall-clock time of the training steps, summed over resumes). ``--paper`` adds the paper's
 printed losses (``results/paper/``) side by side, and its printed summary rows.
 
-Outputs ``table.md``, ``table.tex`` and ``table.png`` in ``--out`` (default: ``results/`` of the
-working directory), the Markdown on stdout and the path of every file written on stderr.
+Outputs ``table.md``, ``table.tex`` and ``table.png`` in ``--out`` (default: ``outputs/table/`` of
+the working directory, which git ignores; the committed mini-table is regenerated only by asking
+for it, ``--out results/mini``), the Markdown on stdout and the path of every file written on stderr.
 
 Usage::
 
     python scripts/make_table.py [RUN_ROOT ...] [--wandb ENTITY/PROJECT] [--paper]
-        [--smoothing last1pct|ema|authors] [--metrics loss,accuracy,perplexity,time] [--out results]
+        [--smoothing last1pct|ema|authors] [--metrics loss,accuracy,perplexity,time] [--out outputs/table]
 
 RUN_ROOT defaults to ``multirun outputs`` (without ``--wandb``).
 """
@@ -51,8 +54,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+from experiments.extras import require
+
+# Checked before the imports below, so that a missing extra is one line naming it, not a traceback.
+require("make_table.py", "pandas", "matplotlib", "tabulate", "omegaconf")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # not pyplot: no global figure state, no display backend
 
 from run_records import (  # scripts/ is on sys.path when a script in it runs
@@ -143,7 +151,8 @@ class Table:
 
 def build_table(runs: Sequence[Run], metric: Metric) -> Table:
     """Mean, standard deviation and count of ``metric`` per (task, optimizer) over ``runs``.
-    Every task and optimizer of ``runs`` gets a row and column, recorded or not."""
+    A task or optimizer gets a row or column when at least one of its runs recorded the metric (a
+    row of dashes says nothing: the accuracy of a language model, the perplexity of a classifier)."""
     tasks = task_order(run.task for run in runs)
     index = pd.MultiIndex.from_tuples([(t.name, t.model_name) for t in tasks], names=INDEX)
     columns = ordered((run.label for run in runs), LABEL_ORDER)
@@ -161,7 +170,9 @@ def build_table(runs: Sequence[Run], metric: Metric) -> Table:
     def wide(column: str) -> pd.DataFrame:
         return stats[column].unstack("label").reindex(index=index, columns=columns)
 
-    return Table(metric, wide("mean"), wide("std"), wide("n").fillna(0).astype(int))
+    n = wide("n").fillna(0).astype(int)
+    rows, cols = n.index[n.sum(axis=1) > 0], n.columns[n.sum(axis=0) > 0]
+    return Table(metric, wide("mean").loc[rows, cols], wide("std").loc[rows, cols], n.loc[rows, cols])
 
 
 def log_average(means: pd.DataFrame) -> pd.Series:
@@ -179,13 +190,14 @@ def average_rank(means: pd.DataFrame, higher_is_better: bool) -> pd.Series:
 
 
 def summary_rows(means: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
-    """The "log average" and "average rank" rows, indexed like ``means``'s rows."""
+    """The "log average" and "average rank" rows, indexed like ``means``'s rows; none for a single
+    task (they would repeat its row) or when no optimizer has every task (they would be all dashes)."""
     rows = pd.DataFrame({
         ("log average", ""): log_average(means),
         ("average rank", ""): average_rank(means, higher_is_better),
-    }).T
-    rows.index.names = INDEX
-    return rows
+    }, index=means.columns).T
+    rows.index = pd.MultiIndex.from_tuples(rows.index, names=INDEX)
+    return rows[rows.notna().any(axis=1)] if len(means) > 1 else rows.iloc[:0]
 
 
 def number(value: float) -> str:
@@ -248,19 +260,26 @@ def table_section(table: Table, runs_note: str) -> Section:
     summary = summary_rows(table.mean, table.metric.higher_is_better)
     values = pd.concat([table.mean, summary])
     higher = pd.Series(table.metric.higher_is_better, index=values.index)
-    higher[("average rank", "")] = False  # rank 1 is the best, whatever the metric
+    if ("average rank", "") in higher.index:
+        higher[("average rank", "")] = False  # rank 1 is the best, whatever the metric
     best = "highest" if table.metric.higher_is_better else "lowest"
     counts = f"; n = {typical_n} runs per cell unless marked (n=k)" if typical_n else ""
     notes = [
         table.metric.definition,
         f"Cell: mean ± sample standard deviation over seeds{counts}; {MISSING}: no run recorded it. "
         f"{runs_note}",
-        f"log average: geometric mean over the tasks ({len(table.mean)}), for optimizers with every task "
-        "present.",
-        f"average rank: per task, the optimizers present for every task are ranked (1 = {best}; ties share "
-        "the mean of their ranks), then averaged over tasks.",
-        "Bold: the best of its row.",
     ]
+    if summary.empty:
+        why = "a single task" if len(table.mean) == 1 else "no optimizer has a value for every task"
+        notes.append(f"No log average or average rank: {why}.")
+    else:
+        notes += [
+            f"log average: geometric mean over the tasks ({len(table.mean)}), for optimizers with every task "
+            "present.",
+            f"average rank: per task, the optimizers present for every task are ranked (1 = {best}; ties "
+            "share the mean of their ranks), then averaged over tasks.",
+        ]
+    notes.append("Bold: the best of its row.")
     cells = pd.concat([cell_texts(table, typical_n), numbers(summary)])
     return make_section(table.metric.title, cells, best_mask(values, higher), notes)
 
@@ -417,8 +436,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.ArgumentParser, arg
     parser.add_argument("--paper", action="store_true", help="add the paper's printed numbers side by side")
     parser.add_argument("--include-unfinished", action="store_true",
                         help="count runs of any status, not only finished ones")
-    parser.add_argument("--out", type=Path, default=Path("results"),
-                        help="output directory (default: results, in the working directory)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/table"),
+                        help="output directory (default: outputs/table, in the working directory)")
     args = parser.parse_args(argv)
     if not args.roots and not args.wandb:
         args.roots = [Path("multirun"), Path("outputs")]
@@ -439,7 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     runs_note = ("Runs of any status count" if args.include_unfinished else "Only finished runs count") + \
         "; of reruns, the latest."
-    sections = [table_section(tables[key], runs_note) for key in args.metrics]
+    empty = [key for key in args.metrics if tables[key].n.empty]  # a table of dashes says nothing
+    for key in empty:
+        print(f"no run recorded the {tables[key].metric.title.lower()}: that table is left out", file=sys.stderr)
+    sections = [table_section(tables[key], runs_note) for key in args.metrics if key not in empty]
+    if not sections and not args.paper:
+        parser.error(f"no run recorded any of {', '.join(args.metrics)}")
     if args.paper:
         sections += paper_sections(tables["loss"])
     markdown, written = write_outputs(sections, args.out)

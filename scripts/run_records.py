@@ -6,14 +6,21 @@ A run directory (see ``experiments/logging.py``) holds ``config.yaml`` (the reso
 it is (task, optimizer label, seed) is read from its config, the same way for both sources.
 
 Which runs count is decided here too, once for the table and the plots: only finished runs by
-default, and of several runs of the same (task, optimizer, seed) - reruns - the latest.
+default, and of several runs of the same (task, optimizer, seed) - reruns - the latest. Runs are
+reruns of one another only when their configs agree in everything that changes what a run computes
+(every key but the seed and those a resume may change: threads, device, logging, checkpoints;
+``experiments/resume.py``). Runs of one optimizer label whose configs differ otherwise (other
+epochs, another ``c``, bf16) are different experiments: each gets a column of its own, its label
+followed by the keys that differ and its values of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -24,6 +31,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from experiments.metrics_rows import read_rows
+from experiments.resume import LENGTH, RESUMABLE
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -80,6 +88,7 @@ class Run:
     summary: Mapping[str, Any]
     recorded_at: float  # seconds since the epoch (summary.json written; wandb: run started); orders reruns
     read_metrics: Callable[[], tuple[pd.DataFrame, pd.DataFrame]] = field(repr=False)
+    config: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the resolved config
 
     @cached_property
     def _metrics(self) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -148,14 +157,15 @@ def read_run_dir(run_dir: Path) -> Run:
     try:
         summary = json.loads((run_dir / SUMMARY).read_text())
         status = summary["status"]
-        task, label, seed = identity(OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG)))
+        config = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG))
+        task, label, seed = identity(config)
     except (OSError, ValueError, KeyError, TypeError) as error:
         reason = f"{type(error).__name__}: {error}"
         raise RecordError(f"{run_dir}: not a readable run record ({reason})") from error
     return Run(
         source=str(run_dir), task=task, label=label, seed=seed, status=status,
         summary=summary, recorded_at=(run_dir / SUMMARY).stat().st_mtime,
-        read_metrics=lambda: read_metrics_file(run_dir / METRICS),
+        read_metrics=lambda: read_metrics_file(run_dir / METRICS), config=config,
     )
 
 
@@ -187,7 +197,7 @@ def _wandb_run(run: Any, project: str) -> Run:
     return Run(
         source=f"{project}/{run.id}", task=task, label=label, seed=seed,
         status=summary.get("status", run.state), summary=summary, recorded_at=created.timestamp(),
-        read_metrics=lambda: _wandb_metrics(run),
+        read_metrics=lambda: _wandb_metrics(run), config=dict(run.config),
     )
 
 
@@ -214,14 +224,67 @@ def read_wandb(project: str) -> list[Run]:
         raise RecordError(f"could not read the wandb project {project}: {error}") from error
 
 
+# Keys whose values leave what a run computes as it is (a resume may change them), and the seed:
+# runs that differ only in these are reruns. The length of a run is not among them.
+NOT_SETTINGS = ("seed", *(key for key in RESUMABLE if key not in LENGTH))
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, Mapping):
+        return {key: value for name, child in node.items() for key, value in _flatten(child, f"{prefix}{name}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def settings(config: Mapping[str, Any]) -> dict[str, str]:
+    """The keys of a resolved config that decide what its run computes, values as JSON text."""
+    return {key: json.dumps(value, sort_keys=True) for key, value in _flatten(config).items()
+            if not any(key == name or key.startswith(f"{name}.") for name in NOT_SETTINGS)}
+
+
+def differing_keys(runs: Sequence[Run]) -> list[str]:
+    """The settings in which runs of the same task differ."""
+    differ: set[str] = set()
+    for task in {run.task for run in runs}:
+        variants = [settings(run.config) for run in runs if run.task == task]
+        for key in set().union(*variants):
+            if len({variant.get(key) for variant in variants}) > 1:
+                differ.add(key)
+    return sorted(differ)
+
+
+def split_experiments(runs: Sequence[Run]) -> list[Run]:
+    """``runs`` with the label of each one that is not a rerun of the others of its label made
+    distinct: ``"ADAM (trainer.precision=bf16)"``, named by the settings that differ within a task
+    (the runs of that label in every task are named the same way, so that they share columns)."""
+    by_label: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_label[run.label].append(run)
+    split = []
+    for label, group in by_label.items():
+        keys = differing_keys(group)
+        if not keys:
+            split += group
+            continue
+        for run in group:
+            values = settings(run.config)
+            named = ", ".join(f"{key}={json.loads(values[key]) if key in values else None}" for key in keys)
+            split.append(dataclasses.replace(run, label=f"{label} ({named})"))
+        print(f"not reruns: the {label} runs differ in {', '.join(keys)}; a column each", file=sys.stderr)
+    return split
+
+
 def counted_runs(runs: Iterable[Run], include_unfinished: bool = False) -> list[Run]:
     """The runs that count: finished ones (all, with ``include_unfinished``), one per
-    (task, label, seed) - the latest of reruns. Skipped runs are listed on stderr."""
-    latest: dict[tuple[Task, str, int], Run] = {}
-    for run in sorted(runs, key=lambda r: r.recorded_at):
+    (task, label, seed) - the latest of reruns, labels split by :func:`split_experiments` first.
+    Skipped runs are listed on stderr."""
+    counted = []
+    for run in runs:
         if run.status != "finished" and not include_unfinished:
             print(f"skipped ({run.status}): {run.source}", file=sys.stderr)
-            continue
+        else:
+            counted.append(run)
+    latest: dict[tuple[Task, str, int], Run] = {}
+    for run in sorted(split_experiments(counted), key=lambda r: r.recorded_at):
         key = (run.task, run.label, run.seed)
         if key in latest:
             print(f"rerun: {run.source} replaces {latest[key].source}", file=sys.stderr)

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
 import pytest
 import torch
 from torch import Tensor, nn
+
+# The suite runs as the harness's default trainer does: one CPU thread per process, torch's and
+# the OpenMP/MKL pools of the processes the tests start. Its models are tiny, and on a machine
+# whose cores are busy the threads of one process wait for each other (the default suite took
+# 18 minutes with torch's default on a loaded 2-core machine, 5 with one thread).
+for _pool in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_pool, "1")
+torch.set_num_threads(1)
 
 
 def quadratic_closure(theta: Tensor, curvature: float = 1.0) -> Callable[..., Tensor]:
@@ -47,17 +56,6 @@ def classification_batch(seed: int = 0, n: int = 64, dtype=torch.float32) -> tup
     x = torch.randn(n, 8, generator=g, dtype=dtype)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
     return x, y
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Tiny matmuls: with two threads on a busy 2-core machine a BERT forward takes ~100 ms
-    instead of ~5 ms (the OpenMP threads wait for each other). Use with
-    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

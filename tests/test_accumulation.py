@@ -34,7 +34,7 @@ def rows(run_dir: Path) -> list[dict]:
 @pytest.mark.parametrize(
     "optimizer", ["adam", "salsa", "sls", "sgd"], ids=["adam", "salsa", "sls", "sgd-cosine"]
 )
-def test_batch_60_equals_batch_20_times_3(optimizer, tmp_path, one_thread):
+def test_batch_60_equals_batch_20_times_3(optimizer, tmp_path):
     extra = ["+experiment/optimizers/nlp=sgd"] if optimizer == "sgd" else []  # a schedule too
     one = run_config(BASE + extra + [f"optimizer={optimizer}", "trainer.batch_size=60"], tmp_path / "one")
     three = run_config(
@@ -89,7 +89,7 @@ class RecordingDDP(nn.Module):
         return self.module(batch)
 
 
-def test_ddp_all_reduces_only_on_the_last_micro_batch(tmp_path, monkeypatch, one_thread):
+def test_ddp_all_reduces_only_on_the_last_micro_batch(tmp_path, monkeypatch):
     wrappers: list[RecordingDDP] = []
     original_init = Trainer.__init__
 
@@ -162,7 +162,7 @@ def test_the_trainer_tells_random_windows_the_epoch():
     assert first["input_ids"][0].tolist() == list(range(start, start + 4))
 
 
-def test_resume_with_accumulation_continues_the_same_trajectory(tmp_path, monkeypatch, one_thread):
+def test_resume_with_accumulation_continues_the_same_trajectory(tmp_path, monkeypatch):
     """Checkpoints count optimizer steps; a resume mid-epoch starts at the right micro-batch."""
     from harness_utils import crash_then_resume, logged_rows
 

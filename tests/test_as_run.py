@@ -29,7 +29,6 @@ from optim import SLS
 from optim.presets import paper_optimizer
 
 adam_sls = pytest.importorskip("salsa.adam_sls", reason="the dev extra installs salsa-optimizer==0.1.0")
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only wait for each other
 
 STEPS = 150
 

@@ -64,6 +64,7 @@ def test_a_nan_storm_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, 
         run_config(overrides, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["steps"] == 17 and summary["bad_steps"] == 7
+    assert summary["diverged"] is True
     assert [p.name for p in list_checkpoints(tmp_path)][-1] == "step_000000010.pt"
     assert all(torch.isfinite(t).all() for t in final_parameters(tmp_path).values())
 

@@ -26,7 +26,6 @@ from optim.integrations.hf import LineSearchTrainer  # noqa: E402
 SEQ, BATCH = 8, 8
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_bert(dropout: float = 0.0, seed: int = 0) -> BertForSequenceClassification:

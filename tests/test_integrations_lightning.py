@@ -20,15 +20,6 @@ from conftest import classification_batch  # noqa: E402
 MAX_STEPS = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: with two threads on a busy 2-core machine they mostly wait for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Classifier(LineSearchModule):
     def __init__(self, make_optimizer=SaLSA, dropout: float = 0.0) -> None:
         super().__init__()

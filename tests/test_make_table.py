@@ -153,7 +153,16 @@ def test_accuracy_bold_is_the_highest_and_absent_metric_is_missing(tmp_path):
     markdown = make_table.to_markdown(make_table.table_section(table_of(tmp_path, "accuracy"), ""))
     rows = markdown_rows(markdown, "Final validation accuracy")
     assert rows["SST2"] == ["BERT", "**0.9**", "0.8"]
-    assert rows["GPT-2"] == ["GPT-2", "–", "–"]
+    assert "GPT-2" not in rows  # a row of dashes says nothing: a language model has no accuracy
+
+
+def test_summary_rows_are_left_out_when_no_optimizer_has_every_task(tmp_path):
+    write_run(tmp_path / "a", [0.5], label="ADAM")
+    write_run(tmp_path / "b", [0.7], label="SGD", dataset="mrpc")
+    markdown = make_table.to_markdown(make_table.table_section(table_of(tmp_path), ""))
+    rows = markdown_rows(markdown, "Final training loss")
+    assert set(rows) == {"MRPC", "SST2"}
+    assert "No log average or average rank: no optimizer has a value for every task." in markdown
 
 
 def test_unfinished_runs_do_not_count_and_are_listed(tmp_path, capsys):
@@ -187,7 +196,7 @@ def test_paper_numbers_side_by_side_equal_the_csv(tmp_path):
     markdown = (out / "table.md").read_text()
     compared = markdown_rows(markdown, "Final training loss: ours / paper")
     assert compared["SST2"] == ["BERT", f"0.5 / {sst2['ADAM']}", f"0.25 / {sst2['ADAM-SaLSa']}"]  # no L4Adam
-    assert compared["average rank"] == ["", "2 / 1", "1 / 2"]  # each ranked on these cells
+    assert set(compared) == {"SST2"}  # one task: summary rows would only repeat its row
     printed = markdown_rows(markdown, "The paper's summary rows")
     assert printed["log average (printed)"][:2] == ["0.0355", "0.0930"]  # as printed
     assert printed["average rank (printed)"] == ["2.75", "4.625", "3.125", "5.5", "1.25", "3.75"]
@@ -199,8 +208,12 @@ def test_outputs_markdown_latex_png(tmp_path, capsys):
     out = tmp_path / "out"
     assert make_table.main([str(tmp_path / "runs"), "--metrics", "loss,time", "--out", str(out)]) == 0
     markdown = (out / "table.md").read_text()
-    assert markdown in capsys.readouterr().out
-    assert "## Final training loss" in markdown and "## Training time (s)" in markdown
+    captured = capsys.readouterr()
+    assert markdown in captured.out
+    assert "## Final training loss" in markdown
+    # No run recorded its training time: no table of dashes, a line saying so.
+    assert "## Training time (s)" not in markdown
+    assert "no run recorded the training time (s): that table is left out" in captured.err
     assert "last 1 % of logged training rows" in markdown  # the smoothing is documented
     latex = (out / "table.tex").read_text()
     assert r"\begin{tabular}" in latex and r"\textbf{0.05}" in latex and r"1 \%" in latex

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
+import subprocess
 import sys
 from functools import cache
 from pathlib import Path
@@ -110,3 +111,62 @@ def test_a_missing_requirement_is_caught(tmp_path):
     script.write_text('"""Needs datasets.\n\n    pip install -e ".[lightning]"\n"""\nimport datasets\nimport optim\n')
     assert third_party_imports(script) == {"datasets"}
     assert "datasets" not in requirements(install_extras(script))
+
+
+# -- a missing extra is named by what needs it -------------------------------------------------
+
+def test_each_module_is_installed_by_the_extra_named_for_it():
+    from experiments.extras import EXTRAS
+
+    providers = importlib.metadata.packages_distributions()
+    for module, extra in EXTRAS.items():
+        top = module.split(".")[0]
+        # The namespace package hydra_plugins is shared: its launchers are named by their distribution.
+        distributions = ({normalized(module.split(".")[1])} if top == "hydra_plugins" else {normalized(d) for d in providers.get(top, [])})
+        assert distributions & requirements((extra,)), f"{module}: [{extra}] does not install {distributions}"
+
+
+BLOCKED_RUN = """
+import runpy, sys
+for name in {blocked!r}:
+    sys.modules[name] = None  # as if not installed
+sys.argv = {argv!r}
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_without(blocked: list[str], argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", BLOCKED_RUN.format(blocked=blocked, argv=argv)],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_main_without_the_harness_extra_says_which_extra_to_install(tmp_path):
+    done = run_without(["hydra"], [str(ROOT / "main.py")], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == 'main.py needs hydra, not installed here: pip install -e ".[harness]"'
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_launcher_without_its_plugin_is_named_in_a_dry_run(tmp_path):
+    done = run_without(["hydra_plugins.hydra_joblib_launcher"],
+                       [str(ROOT / "run_multiple.py"), "mini", "--launcher", "joblib", "--dry-run",
+                        "--root", str(tmp_path)], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("--launcher joblib needs hydra_plugins.hydra_joblib_launcher, not installed "
+                                   'here: pip install -e ".[cluster]"')
+
+
+@pytest.mark.parametrize("module, overrides, extra", [
+    ("prodigyopt", ["optimizer=prodigy"], "lrfree"),
+    ("datasets", ["dataset=sst2", "model=small_bert", "model.tokenizer=bert-offline"], "nlp"),
+    ("torchvision", ["dataset=cifar10", "model=resnet34_cifar"], "vision"),
+])
+def test_a_choice_whose_extra_is_missing_names_it(tmp_path, module, overrides, extra):
+    done = run_without([module], [str(ROOT / "main.py"), *overrides, "trainer.progress=false",
+                                  f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith(f'; {module} is in the [{extra}] extra: pip install -e ".[{extra}]" '
+                                        f"(nothing written; {tmp_path / 'run'} was removed)")

@@ -172,11 +172,11 @@ def test_make_table_names_every_file_it_writes(tmp_path, monkeypatch, capsys):
     from test_make_table import write_run
 
     write_run(tmp_path / "runs" / "a", [0.5], label="ADAM")
-    monkeypatch.chdir(tmp_path)  # the default --out is results/ of the working directory
+    monkeypatch.chdir(tmp_path)  # the default --out is outputs/table/ of the working directory
     assert make_table.main([str(tmp_path / "runs")]) == 0
     captured = capsys.readouterr()
     written = sorted(line.removeprefix("wrote ") for line in captured.err.splitlines() if line.startswith("wrote "))
-    expected = sorted(str(tmp_path / "results" / name) for name in ("table.md", "table.png", "table.tex"))
+    expected = sorted(str(tmp_path / "outputs" / "table" / name) for name in ("table.md", "table.png", "table.tex"))
     assert written == expected
     assert all(Path(path).is_file() for path in written)
     assert captured.out.startswith("## Final training loss")  # stdout stays the Markdown

@@ -21,8 +21,10 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
-def test_threads_default_to_torchs_own():
-    assert compose_run_config([]).trainer.threads is None
+def test_the_small_cpu_trainer_uses_one_thread_and_the_paper_trainers_torchs_default():
+    assert compose_run_config([]).trainer.threads == 1
+    for trainer in ("paper_nlp", "paper_image", "paper_gpt2"):
+        assert compose_run_config([f"trainer={trainer}"]).trainer.threads is None
 
 
 @pytest.mark.parametrize("threads", [0, -2])

@@ -29,7 +29,6 @@ REQUIREMENTS = {
 LOSS_LINE = re.compile(r"loss (\d+\.\d+) -> (\d+\.\d+)")
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def readme_section() -> str:

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 import run_multiple
 
 COUNT_LINE = re.compile(r"^(\w+): (\d+) runs \((\d+) tasks x (\d+) columns x (\d+) seeds\)", re.M)
-RUN_LINE = re.compile(r"^  (skip|resume|restart|fresh) +(\S+)", re.M)
+RUN_LINE = re.compile(r"^  (skip|diverged|resume|restart|fresh) +(\S+)", re.M)
 
 
 def dry_run(capsys, *argv: str) -> str:
@@ -134,17 +134,18 @@ def test_batched_launchers_sweep_only_what_is_left(capsys, tmp_path):
         launched |= {(o, int(s)) for o in optimizers for s in seeds}
     columns = run_multiple.PAPER_COLUMNS + run_multiple.EXTRA_COLUMNS
     assert launched == {(o, s) for o in columns for s in range(3)} - {("l4_adam", 1)}
-    assert len(commands(out)) == 6 + 2  # one per paper column (its image settings), extras by seed set
+    # One multirun for the columns that need every seed, one for l4_adam's two: the image settings
+    # come with the experiment, so they split nothing.
+    assert len(commands(out)) == 2
 
 
 def test_slurm_commands(capsys, tmp_path):
     out = dry_run(capsys, "nlp", "--launcher", "submitit_slurm", "--root", str(tmp_path),
                   "hydra.launcher.partition=gpu")
     cmds = commands(out)
-    # Per GLUE task: ADAM and SGD with their NLP settings, one multirun each, and one for the four
-    # line searches (no settings of their own): 5 seeds each.
-    assert len(cmds) == 4 * 3
-    assert sorted(arg(cmd, "optimizer") for cmd in cmds) == sorted(["adam", "sgd", "sls_adam,sls,salsa,salsa_sgd"] * 4)
+    # One multirun per GLUE task, all six columns (their NLP settings come with the experiment).
+    assert len(cmds) == 4
+    assert [arg(cmd, "optimizer") for cmd in cmds] == ["adam,sgd,sls_adam,sls,salsa,salsa_sgd"] * 4
     for cmd in cmds:
         assert arg(cmd, "hydra/launcher") == "slurm"  # conf/hydra/launcher/slurm.yaml
         assert arg(cmd, "hydra.launcher.partition") == "gpu"
@@ -205,6 +206,35 @@ def test_commands_compose_to_the_paper_settings(capsys, tmp_path, grid, task, op
     assert {key: found[key] for key in expected} == expected
 
 
+@pytest.mark.parametrize("preset, optimizer, expected", [
+    # The image runs had the speed-up rule off and flat baselines (docs/protocol.md, "Images").
+    ("paper/cifar_resnet34", "salsa", {"speed_up": False}),
+    ("paper/imagenet_resnet50", "sls_adam", {"speed_up": False}),
+    ("paper/cifar_resnet34", "sgd", {"lr": 0.1, "momentum": 0.0, "schedule": False}),
+    # GLUE: the baselines' cosine schedules; ADAM-SaLSa keeps its speed-up rule.
+    ("paper/glue_bert", "adam", {"lr": 2e-5, "schedule": True}),
+    ("paper/glue_bert", "salsa", {"speed_up": True}),
+    # GPT-2: the fork's AdamW pipeline (train_old.py: 12 x 40, float16) over the experiment's trainer.
+    ("paper/gpt2_openwebtext", "adam", {"lr": 6e-4, "batch_size": 12, "accumulation_steps": 40,
+                                        "precision": "fp16", "max_grad_norm": 1.0}),
+    ("paper/gpt2_openwebtext", "salsa", {"batch_size": 18, "accumulation_steps": 28, "precision": "fp32"}),
+    ("mini/digits_cnn", "adam", {"lr": 1e-3, "schedule": False}),
+])
+def test_the_experiment_and_the_optimizer_alone_give_the_paper_run(preset, optimizer, expected):
+    """What the README's `main.py +experiment=<preset> optimizer=<column>` composes, with no
+    second override: the task group's settings of that column."""
+    cfg = compose([f"+experiment={preset}", f"optimizer={optimizer}"])
+    found = {**OmegaConf.to_container(cfg.optimizer.build), **OmegaConf.to_container(cfg.trainer, enum_to_str=True),
+             "schedule": cfg.optimizer.schedule is not None}
+    assert {key: found[key] for key in expected} == expected
+
+
+def test_an_explicit_override_still_wins_over_the_task_groups_settings():
+    cfg = compose(["+experiment=paper/cifar_resnet34", "optimizer=salsa", "optimizer.build.speed_up=true"])
+    assert cfg.optimizer.build.speed_up is True
+    assert compose(["optimizer=salsa"]).optimizer.build.speed_up is True  # no experiment: the config's own
+
+
 def test_a_failing_run_is_isolated_and_reported(capsys, tmp_path):
     # batch_size=${seed}: seed 0 gets batch size 0, a config error; seed 1 trains for 5 steps.
     argv = ["mini", "--tasks", "digits", "--columns", "adam", "--seeds", "2", "--root", str(tmp_path),
@@ -224,6 +254,29 @@ def test_a_failing_run_is_isolated_and_reported(capsys, tmp_path):
     out = dry_run(capsys, *argv)
     states = {name: state for state, name in RUN_LINE.findall(out)}
     assert states == {bad.name: "fresh", good.name: "skip"}
+
+
+def test_a_run_that_diverged_is_skipped_by_the_next_sweep_unless_retried(capsys, tmp_path):
+    """SGD at lr 1e30 diverges (3 non-finite steps in a row) every time: the sweep records it as
+    diverged, the next one skips it, --retry-diverged resumes it; a run that failed otherwise is
+    tried again as before."""
+    argv = ["mini", "--tasks", "digits", "--columns", "sgd", "--seeds", "2", "--root", str(tmp_path),
+            "trainer.max_steps=30", "trainer.max_bad_steps=3", "trainer.batch_size=${seed}",
+            "optimizer.build.lr=1e30"]
+    assert run_multiple.main(argv) == 1  # seed 0: batch size 0, a config error; seed 1 diverges
+    grid = tmp_path / "mini"
+    diverged, refused = grid / "digits-small_cnn-sgd-seed1", grid / "digits-small_cnn-sgd-seed0"
+    record = json.loads((diverged / "summary.json").read_text())
+    assert record["status"] == "failed" and record["diverged"] is True
+    assert "consecutive steps" in record["error"]
+    out = capsys.readouterr().out
+    assert "skips those that diverged unless --retry-diverged" in out
+    out = dry_run(capsys, *argv)
+    assert {name: state for state, name in RUN_LINE.findall(out)} == {diverged.name: "diverged", refused.name: "fresh"}
+    assert "mini: 1 to run (1 fresh, 0 resume, 0 restart), 0 finished (skipped), 1 diverged (skipped)" in out
+    assert [arg(cmd, "seed") for cmd in commands(out)] == ["0"]
+    out = dry_run(capsys, *argv, "--retry-diverged")
+    assert {name: state for state, name in RUN_LINE.findall(out)} == {diverged.name: "restart", refused.name: "fresh"}
 
 
 def test_a_stopped_joblib_multirun_is_finished_run_by_run(capsys, tmp_path, monkeypatch):
@@ -254,7 +307,9 @@ def test_a_stopped_joblib_multirun_is_finished_run_by_run(capsys, tmp_path, monk
     everything = {f"digits-small_cnn-{o}-seed{s}" for o in ("l4_adam", "sgd", "l4_mom") for s in range(3)}
     assert finished == everything - {bad}
     assert all((grid / name / "attempts").read_text() == "x" for name in finished)  # each ran once
-    assert "running its 2 runs without an outcome one by one" in out  # sgd seeds 1 and 2
+    # One multirun for the three columns (l4_adam, sgd, l4_mom x seeds 0-2): it stops at sgd seed 1,
+    # leaving that run, sgd seed 2 and l4_mom's three without an outcome.
+    assert "running its 5 runs without an outcome one by one" in out
     failures = out.split("did not finish")[1]
     assert f"{bad}: no record" in failures and f"log: {grid / bad / 'run.log'}" in failures
     assert "error: bad run" in (grid / bad / "run.log").read_text()
