@@ -164,3 +164,17 @@ def test_gpt2_adamw_decays_only_matrices(capsys, tmp_path):
     assert [tuple(p.shape) for p in kept["params"]] == [(4,), (4,), (2,)] and kept["weight_decay"] == 0.0
     opt = torch.optim.AdamW(parameter_groups(model, DecayScope.matrices), lr=6e-4, weight_decay=0.1)
     assert [group["weight_decay"] for group in opt.param_groups] == [0.1, 0.0]
+
+
+def test_a_run_records_every_value_of_its_column_and_an_override_reaches_the_groups(tmp_path):
+    from experiments.checkpoint import list_checkpoints
+    from harness_utils import CONF, run_config
+
+    summary = run_config(["optimizer=salsa", "optimizer.build.c=0.2", "trainer.max_steps=2"], tmp_path)
+    assert summary["status"] == "finished"
+    recorded = OmegaConf.to_container(OmegaConf.load(tmp_path / "config.yaml").optimizer.build)
+    column = OmegaConf.to_container(OmegaConf.load(CONF / "optimizer" / "salsa.yaml").build)
+    assert recorded == {**column, "c": 0.2}
+    groups = torch.load(list_checkpoints(tmp_path)[-1], weights_only=True)["optimizer"]["param_groups"]
+    assert {group["c"] for group in groups} == {0.2}
+    assert {group["max_trials"] for group in groups} == {column["max_trials"]}
