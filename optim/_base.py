@@ -48,7 +48,9 @@ class ClosureOptimizer(torch.optim.Optimizer):
     # Where version 0.1.0 kept the search's state in ``state`` (see ``_checkpoints``).
     release_0_1_0_key = "scalars"
 
-    def __init__(self, params: Any, defaults: dict[str, Any], process_group: dist.ProcessGroup | None) -> None:
+    def __init__(
+        self, params: Any, defaults: dict[str, Any], process_group: dist.ProcessGroup | None
+    ) -> None:
         self.process_group = process_group
         self._setting_keys = tuple(k for k in defaults if k not in self.per_group_keys)
         self._settings_of = operator.itemgetter(*self._setting_keys)
@@ -233,5 +235,8 @@ class ClosureOptimizer(torch.optim.Optimizer):
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal, NaN counting as equal to NaN (a state entry before the first step)."""
+    """Equal, NaN counting as equal to NaN (a state entry before the first step) and a list as
+    equal to the tuple of its items (``betas`` set from a config)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))

@@ -305,9 +305,6 @@ class LineSearchOptimizer(ClosureOptimizer):
         self.bn_module = freeze_bn_stats_in_trials
         super().__init__(params, {"lr": defaults["init_step_size"], **defaults}, process_group)
 
-    def _configure(self, group: dict[str, Any]) -> tuple[SearchRule, AdamDirection | SGDDirection]:
-        raise NotImplementedError
-
     def _initial_state(self, group: dict[str, Any]) -> dict[str, Any]:
         return {
             **super()._initial_state(group),

@@ -66,7 +66,9 @@ def _load(model: nn.Module, opt: torch.optim.Optimizer, path: Path) -> None:
     model_state, optim_state = state_dict_api.get_state_dict(model, opt)  # what to load into
     loaded = {"model": model_state, "optim": optim_state}
     dcp.load(loaded, checkpoint_id=path)
-    state_dict_api.set_state_dict(model, opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+    state_dict_api.set_state_dict(
+        model, opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"]
+    )
 
 
 def _disturbed(model: nn.Module) -> nn.Module:
@@ -155,7 +157,8 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 "straight": (_full(straight), _diagnostics(opt)),
                 "resumed": (_full(resumed), _diagnostics(opt_resumed)),
                 "moments_sharded": all(
-                    type(value) is type(p) for p in resumed.parameters() for value in opt_resumed.state[p].values()
+                    type(value) is type(p)
+                    for p in resumed.parameters() for value in opt_resumed.state[p].values()
                 ),
             }
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
@@ -173,7 +176,8 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_fsdp2_dcp_save_and_load_into_a_fresh_model_continues_bit_identically(ranks, name):
     for rank in ranks:
-        (straight, straight_diagnostics), (resumed, resumed_diagnostics) = rank[name]["straight"], rank[name]["resumed"]
+        straight, straight_diagnostics = rank[name]["straight"]
+        resumed, resumed_diagnostics = rank[name]["resumed"]
         assert all(torch.equal(p, q) for p, q in zip(straight, resumed))
         assert resumed_diagnostics == pytest.approx(straight_diagnostics, nan_ok=True)
         assert resumed_diagnostics["n_steps"] == N_STEPS

@@ -88,7 +88,9 @@ def check_line_search(cfg, column: str, speed_up: bool) -> None:
     settings = {k: v for k, v in build_cfg.items() if k not in ("_target_", "preset")}
     group = opt.param_groups[0]
     assert settings.keys() == opt.defaults.keys() - {"lr"}  # every hyperparameter is listed
-    assert {k: group[k] for k in settings} == {k: tuple(v) if k == "betas" else v for k, v in settings.items()}
+    assert {k: group[k] for k in settings} == {
+        k: tuple(v) if k == "betas" else v for k, v in settings.items()
+    }
     assert opt.diagnostics.step_size == 0.1
 
 

@@ -72,11 +72,14 @@ def test_a_restored_optimizer_built_with_other_hyperparameters_continues_bit_ide
     (SaLSA, "c", 0.5, 0.05), (SLS, "c", 0.1, 0.9), (L4, "alpha", 0.15, 0.05),
     (SaLSA, "betas", (0.9, 0.999, 0.9), (0.8, 0.99, 0.0)),
 ])
-def test_a_group_change_mid_run_equals_an_optimizer_rebuilt_with_it_from_the_same_state(cls, key, before, after):
+def test_a_group_change_mid_run_equals_an_optimizer_rebuilt_with_it_from_the_same_state(
+    cls, key, before, after
+):
     """Two groups (weight decay on one): the change is made in both, as for torch.optim."""
 
     def build(model: nn.Module, value) -> torch.optim.Optimizer:
-        weights, biases = [p for p in model.parameters() if p.dim() > 1], [p for p in model.parameters() if p.dim() == 1]
+        weights = [p for p in model.parameters() if p.dim() > 1]
+        biases = [p for p in model.parameters() if p.dim() == 1]
         return cls([{"params": weights, "weight_decay": 0.01}, {"params": biases}], **{key: value})
 
     changed = small_mlp(seed=2)
@@ -112,7 +115,8 @@ def test_a_search_setting_changed_in_one_group_only_is_refused_naming_it():
     opt = SaLSA([{"params": [model[0].weight], "weight_decay": 0.1}, {"params": [model[0].bias]}])
     train(model, opt, range(1))
     opt.param_groups[1]["growth"] = 1.2
-    with pytest.raises(ValueError, match=r"param_groups\[1\]\['growth'\] = 1.2 differs from param_groups\[0\]"):
+    says = r"param_groups\[1\]\['growth'\] = 1.2 differs from param_groups\[0\]"
+    with pytest.raises(ValueError, match=says):
         train(model, opt, range(1))
 
 

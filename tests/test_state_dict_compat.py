@@ -44,7 +44,8 @@ def test_a_state_dict_of_release_0_1_0_loads_and_continues_as_that_release_did(n
     assert set(opt.state) == set(params)
     for group, old_group in zip(opt.param_groups, old["param_groups"]):
         assert {k: group[k] for k in old["state"][old_key]} == old["state"][old_key]
-        assert {k: group[k] for k in old_group if k != "params"} == {k: v for k, v in old_group.items() if k != "params"}
+        settings = {k: v for k, v in old_group.items() if k != "params"}
+        assert {k: group[k] for k in settings} == settings
     for index, p in enumerate(params):
         for key, value in old["state"].get(index, {}).items():
             assert torch.equal(opt.state[p][key], value)
