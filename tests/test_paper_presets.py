@@ -180,3 +180,18 @@ def test_a_run_records_every_value_of_its_column_and_an_override_reaches_the_gro
     groups = torch.load(list_checkpoints(tmp_path)[-1], weights_only=True)["optimizer"]["param_groups"]
     assert {group["c"] for group in groups} == {0.2}
     assert {group["max_trials"] for group in groups} == {column["max_trials"]}
+
+
+@pytest.mark.parametrize("column", ["adam", "sgd"])
+def test_the_baseline_columns_list_every_hyperparameter_of_their_class(column):
+    """Every positional hyperparameter of the torch optimizer (the keyword-only ones are
+    implementation switches, maximize and Adam's decoupled_weight_decay, left at their defaults)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    build_cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "optimizer" / f"{column}.yaml").build
+    parameters = inspect.signature(get_object(build_cfg._target_)).parameters
+    positional = {name for name, p in parameters.items()
+                  if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and name != "params"}
+    assert set(build_cfg) - {"_target_"} == positional
