@@ -51,7 +51,7 @@ def train(rank: int, world_size: int) -> None:
         opt.zero_grad()
         loss = opt.step(closure)
         if rank == 0 and step % 10 == 9:
-            print(f"step {step + 1}: loss {loss.item():.4f}, step size {opt.diagnostics['step_size']:.3g}")
+            print(f"step {step + 1}: loss {loss.item():.4f}, step size {opt.diagnostics.step_size:.3g}")
     dist.destroy_process_group()
 
 

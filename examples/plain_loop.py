@@ -37,7 +37,7 @@ def with_closure() -> None:
         opt.zero_grad()
         loss = opt.step(closure)             # L0; the step size was found by a line search
         losses.append(loss.item())
-    step_size = opt.diagnostics["step_size"]
+    step_size = opt.diagnostics.step_size
     print(f"closure: loss {losses[0]:.3f} -> {losses[-1]:.3f}, step size {step_size:.3g}")
 
 
@@ -60,7 +60,7 @@ def with_your_own_backward(accumulation: int = 2) -> None:
             loss += part.detach()
         opt.step(mean_loss, loss=loss, rng=rng)  # mean_loss() is called for the trials only
         losses.append(float(loss))
-    step_size = opt.diagnostics["step_size"]
+    step_size = opt.diagnostics.step_size
     print(f"own backward: loss {losses[0]:.3f} -> {losses[-1]:.3f}, step size {step_size:.3g}")
 
 

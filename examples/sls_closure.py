@@ -28,7 +28,7 @@ def main() -> None:
 
         loss = opt.step(closure)             # no zero_grad, no backward: the step does both
         losses.append(loss.item())
-    print(f"SLS: loss {losses[0]:.3f} -> {losses[-1]:.3f}, step size {opt.diagnostics['step_size']:.3g}")
+    print(f"SLS: loss {losses[0]:.3f} -> {losses[-1]:.3f}, step size {opt.diagnostics.step_size:.3g}")
 
 
 if __name__ == "__main__":

@@ -306,10 +306,10 @@ class Trainer:
         return self._line_search_step(trial_loss, loss=loss, rng=rng)
 
     def _line_search_step(self, closure: Callable[..., Tensor], **given: Any) -> tuple[float, bool]:
-        skipped_before = self.optimizer.diagnostics["n_skipped"]
+        skipped_before = self.optimizer.diagnostics.n_skipped
         self.optimizer.step(closure, **given)
-        loss = float(self.optimizer.diagnostics["loss"])  # L0, already averaged over ranks
-        return loss, self.optimizer.diagnostics["n_skipped"] > skipped_before
+        diagnostics = self.optimizer.diagnostics  # optim.Diagnostics
+        return float(diagnostics.loss), diagnostics.n_skipped > skipped_before  # L0, averaged over ranks
 
     def _plain_step(self, loss: Tensor) -> tuple[float, bool]:
         """A PyTorch optimizer's step from the gradients in ``.grad`` for ``loss``.
@@ -329,7 +329,7 @@ class Trainer:
         so far (a line search counts its trials; other optimizers make one per step)."""
         diagnostics = getattr(self.optimizer, "diagnostics", None)
         if diagnostics is not None:
-            return float(diagnostics["step_size"]), int(diagnostics["n_forwards"])
+            return float(diagnostics.step_size), int(diagnostics.n_forwards)
         group = self.optimizer.param_groups[0]
         # Prodigy and D-Adaptation step by d * lr, their lr being a multiplier (1 by default).
         return float(group["lr"] * group.get("d", 1.0)), self.state.forwards

@@ -20,12 +20,14 @@ Depends on PyTorch only.
 
 from ._base import ClosureOptimizer
 from ._evaluation import RNGSnapshot
+from .diagnostics import Diagnostics, L4Diagnostics, SearchDiagnostics
 from .l4 import L4
 from .line_search import LineSearchOptimizer, ReleasedRule, SearchRule
 from .salsa import SaLSA
 from .sls import SLS
 
 __all__ = [
-    "ClosureOptimizer", "L4", "LineSearchOptimizer", "ReleasedRule", "RNGSnapshot", "SLS", "SaLSA", "SearchRule",
+    "ClosureOptimizer", "Diagnostics", "L4", "L4Diagnostics", "LineSearchOptimizer", "ReleasedRule",
+    "RNGSnapshot", "SLS", "SaLSA", "SearchDiagnostics", "SearchRule",
 ]
 __version__ = "0.1.0"

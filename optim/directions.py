@@ -70,13 +70,21 @@ def cache_groups(tensors: list[Tensor]) -> list[slice]:
     return groups
 
 
+def init_moments(param: Tensor, state: dict) -> None:
+    """Adam's moments of ``param``, zeros, in its ``state`` (unless there already): a ``DTensor``
+    for an FSDP2 parameter, so that the distributed checkpoint saves each rank's shard."""
+    if "exp_avg" not in state:
+        state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+
+
 @dataclass
 class StepTensors:
     """The tensors of one optimizer step: parameters with a gradient, and their state dicts."""
 
     params: list[Tensor]
     grads: list[Tensor]
-    states: list[dict]
+    states: list[dict]  # with the moments (see init_moments) of the local tensors
     step: int  # 1-based count of steps taken with this state
 
 
@@ -84,6 +92,7 @@ class SGDDirection:
     """:math:`d = g` for both vectors; no state, no buffer (the gradients are moved along)."""
 
     name = "sgd"
+    keeps_moments = False
 
     def begin_step(self, t: StepTensors) -> None:
         """Nothing to update: the gradient is the direction."""
@@ -109,6 +118,7 @@ class AdamDirection:
     """
 
     name = "adam"
+    keeps_moments = True
 
     def __init__(
         self,
@@ -131,10 +141,6 @@ class AdamDirection:
 
     def begin_step(self, t: StepTensors) -> None:
         """Update the moments with this step's gradient (group by group, see :func:`cache_groups`)."""
-        for p, state in zip(t.params, t.states):
-            if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         if len(self._buffer) != len(t.params) or any(
             b.shape != p.shape or b.device != p.device or b.dtype != p.dtype
             for b, p in zip(self._buffer, t.params)
@@ -243,10 +249,7 @@ class ReleasedAdamDirection(AdamDirection):
         self._precond: list[Tensor] | None = None
 
     def begin_step(self, t: StepTensors) -> None:
-        for p, g, state in zip(t.params, t.grads, t.states):
-            if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        for g, state in zip(t.grads, t.states):
             state["exp_avg_sq"].copy_((1 - self.beta2) * (g**2) + self.beta2 * state["exp_avg_sq"])
             state["exp_avg"].copy_((1 - self.beta1) * g + self.beta1 * state["exp_avg"])
         self._buffer_holds = None

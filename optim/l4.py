@@ -17,6 +17,7 @@ or a non-finite step size is skipped and counted rather than taken.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -25,11 +26,43 @@ from torch import Tensor
 
 from ._base import ClosureOptimizer
 from ._evaluation import LossEvaluator, check_closure, host_floats
+from .diagnostics import L4Diagnostics
 from .directions import AdamDirection, inner
+
+
+@dataclass(frozen=True)
+class L4Rule:
+    """L4's hyperparameters as one step reads them (see :class:`L4` for their meaning)."""
+
+    direction: Literal["adam", "momentum"]
+    alpha: float
+    gamma: float
+    gamma0: float
+    tau: float
+    epsilon: float
+    beta1: float
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("adam", "momentum"):
+            raise ValueError(f"direction must be 'adam' or 'momentum', got {self.direction!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        for name, value in (("gamma", self.gamma), ("gamma0", self.gamma0)):
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {value}")
+        if not self.tau > 0:
+            raise ValueError(f"tau must be positive, got {self.tau}")
+        if not self.epsilon >= 0:
+            raise ValueError(f"epsilon must be non-negative, got {self.epsilon}")
 
 
 class L4(ClosureOptimizer):
     r"""L4Adam (``direction="adam"``) or L4Mom (``direction="momentum"``).
+
+    Every argument but ``params`` and ``process_group`` is a hyperparameter: an entry of each
+    param group, read at every step (see :class:`~optim.ClosureOptimizer`); only
+    ``weight_decay`` may differ between groups. The state, entries of every group: ``min_loss``
+    (:math:`L_{\min}`), ``step_size`` (the last eta), ``step`` and the counters.
 
     Args:
         params: parameters or param groups (``weight_decay`` may differ per group).
@@ -45,7 +78,7 @@ class L4(ClosureOptimizer):
         process_group: the ranks whose losses are averaged before deciding eta.
     """
 
-    scalars_key = "l4"
+    release_0_1_0_key = "l4"
 
     def __init__(
         self,
@@ -61,36 +94,32 @@ class L4(ClosureOptimizer):
         weight_decay: float = 0.0,
         process_group: dist.ProcessGroup | None = None,
     ) -> None:
-        if direction not in ("adam", "momentum"):
-            raise ValueError(f"direction must be 'adam' or 'momentum', got {direction!r}")
-        if not alpha > 0:
-            raise ValueError(f"alpha must be positive, got {alpha}")
-        for name, value in (("gamma", gamma), ("gamma0", gamma0)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {value}")
-        if not tau > 0:
-            raise ValueError(f"tau must be positive, got {tau}")
-        if not epsilon >= 0:
-            raise ValueError(f"epsilon must be non-negative, got {epsilon}")
         defaults = dict(
             lr=0.0, direction=direction, alpha=alpha, gamma=gamma, gamma0=gamma0, tau=tau,
             betas=tuple(betas), eps=eps, epsilon=epsilon, weight_decay=weight_decay,
         )
         super().__init__(params, defaults, process_group)
+
+    def _configure(self, group: dict[str, Any]) -> tuple[L4Rule, AdamDirection]:
+        beta1, beta2 = group["betas"]
+        rule = L4Rule(
+            group["direction"], group["alpha"], group["gamma"], group["gamma0"], group["tau"],
+            group["epsilon"], beta1,
+        )
         # L4Mom's v is the bias-corrected gradient EMA itself; beta2 is then unused.
-        self.moments = AdamDirection((betas[0], betas[1] if direction == "adam" else 0.0), eps)
-        self.direction = direction
-        self.state[self.scalars_key] = {**self._initial_scalars(), "min_loss": math.nan}
+        return rule, AdamDirection((beta1, beta2 if rule.direction == "adam" else 0.0), group["eps"])
+
+    def _initial_state(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {**super()._initial_state(group), "min_loss": math.nan}
 
     @property
-    def diagnostics(self) -> dict[str, float]:
-        """Numbers for loggers: the last step size, L_min and the counters."""
-        scalars = self.scalars
-        out = {k: scalars[k] for k in ("step_size", "n_forwards", "n_backwards", "n_skipped")}
-        out["n_steps"] = scalars["step"]
-        out["min_loss"] = scalars["min_loss"]
-        out["loss"] = scalars["last_loss"]
-        return out
+    def diagnostics(self) -> L4Diagnostics:
+        """The last step size, L_min and the counters (no searches: those counters stay 0)."""
+        state = self.param_groups[0]
+        return L4Diagnostics(
+            **self._counters(state), n_backtracks=0, n_searches=0, n_failed_searches=0,
+            min_loss=state["min_loss"],
+        )
 
     @torch.no_grad()
     def step(  # type: ignore[override]
@@ -100,7 +129,7 @@ class L4(ClosureOptimizer):
         loss: Tensor | float | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
     ) -> Tensor:
-        """One L4 step; returns the loss.
+        """One L4 step with the param groups' current hyperparameters; returns the loss.
 
         Args:
             closure: ``closure(backwards: bool = False)`` or ``closure()`` (see
@@ -111,19 +140,33 @@ class L4(ClosureOptimizer):
         """
         if closure is None and loss is None:
             check_closure(closure)  # raises, naming both conventions
+        state = self._shared_group()
+        rule, moments = self._configuration(state)
+        try:
+            return self._step(state, rule, moments, closure, loss, grad_scaler)
+        finally:
+            self._publish(state)
+
+    def _step(
+        self,
+        state: dict[str, Any],
+        rule: L4Rule,
+        moments: AdamDirection,
+        closure: Any,
+        loss: Tensor | float | None,
+        grad_scaler: torch.amp.GradScaler | None,
+    ) -> Tensor:
         all_params = [p for g in self.param_groups for p in g["params"]]
         evaluate = LossEvaluator(closure, all_params, None, loss)
-        loss, loss0, _, _, t = self._first_evaluation(evaluate, grad_scaler)
+        loss, loss0, _, _, t = self._first_evaluation(state, evaluate, grad_scaler)
         if t is None:
             return loss
-        scalars = self.scalars
-        defaults = self.defaults
-        self.moments.begin_step(t)
-        bias1 = 1.0 - defaults["betas"][0] ** t.step
-        if self.direction == "adam":
+        moments.begin_step(t)
+        bias1 = 1.0 - rule.beta1**t.step
+        if rule.direction == "adam":
             # v_scale * v = m_hat / (sqrt(v_hat) + eps), the step; dot = <v_scale * v, m / bias1>
             exp_avgs = [s["exp_avg"] for s in t.states]
-            v, v_scale, dot_vm = self.moments.direction_and_inner(t, "momentum", exp_avgs)
+            v, v_scale, dot_vm = moments.direction_and_inner(t, "momentum", exp_avgs)
             (dot,) = host_floats([self._summed_over_shards(dot_vm)], self.group_for_decisions)
             dot *= v_scale / bias1
         else:
@@ -132,15 +175,15 @@ class L4(ClosureOptimizer):
             dot /= bias1 * bias1
             v_scale = 1.0 / bias1
 
-        min_loss = scalars["min_loss"]
-        min_loss = defaults["gamma0"] * loss0 if math.isnan(min_loss) else min(min_loss, loss0)
-        eta = defaults["alpha"] * (loss0 - defaults["gamma"] * min_loss) / (dot + defaults["epsilon"])
+        min_loss = state["min_loss"]
+        min_loss = rule.gamma0 * loss0 if math.isnan(min_loss) else min(min_loss, loss0)
+        eta = rule.alpha * (loss0 - rule.gamma * min_loss) / (dot + rule.epsilon)
         if dot > 0 and math.isfinite(eta):
             self._decay_weights(eta)
             torch._foreach_add_(t.params, v, alpha=-eta * v_scale)
-            scalars["step_size"] = eta
+            state["step_size"] = eta
             self._set_lr(eta)
         else:
-            scalars["n_skipped"] += 1
-        scalars["min_loss"] = min_loss * (1.0 + 1.0 / defaults["tau"])
+            state["n_skipped"] += 1
+        state["min_loss"] = min_loss * (1.0 + 1.0 / rule.tau)
         return loss

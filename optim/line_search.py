@@ -15,10 +15,11 @@ One step, for a direction with vectors :math:`d_\text{search}` and :math:`d_\tex
         theta <- theta0 - eta d_momentum
 
 :class:`SearchRule` holds every knob in which SaLSA, SLS, the released ``salsa-optimizer`` and
-the paper's as-run variants differ; :class:`LineSearchOptimizer` runs the loop. All search state
-(step size, EMAs, speed-up counters, counters) lives under ``self.state["line_search"]`` as plain
-Python numbers and the Adam moments in ``self.state[p]``, so ``state_dict()`` restores a search
-exactly.
+the paper's as-run variants differ, built by each class from its param groups' hyperparameters;
+:class:`LineSearchOptimizer` runs the loop. The search's state (step size, EMAs, speed-up
+counters, counters) lives as plain Python numbers in the param groups and the Adam moments in
+``self.state[p]``, so ``state_dict()`` and ``torch.distributed.checkpoint`` restore a search
+exactly (see :class:`~optim.ClosureOptimizer`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from ._base import ClosureOptimizer
 from ._evaluation import LossEvaluator, RNGSnapshot, check_closure, host_floats
+from .diagnostics import SearchDiagnostics
 from .directions import AdamDirection, Along, SGDDirection, StepTensors
 
 SkippedGrowth = Literal["none", "unstored", "stored"]
@@ -254,8 +256,8 @@ class _Position:
 class LineSearchOptimizer(ClosureOptimizer):
     """A ``torch.optim.Optimizer`` running the Armijo core with a :class:`SearchRule`.
 
-    Subclasses (:class:`~optim.SaLSA`, :class:`~optim.SLS`) only choose the rule, the direction
-    and the defaults. Use::
+    Subclasses (:class:`~optim.SaLSA`, :class:`~optim.SLS`) only turn their hyperparameters (the
+    param groups' entries) into the rule and the direction (:meth:`_configure`). Use::
 
         def closure(backwards: bool = False) -> Tensor:
             loss = loss_fn(model(x), y)
@@ -266,7 +268,13 @@ class LineSearchOptimizer(ClosureOptimizer):
         opt.zero_grad()
         loss = opt.step(closure)
 
+    The search's state, entries of every param group: ``step_size`` (eta, where the next search
+    starts from), ``avg_grad_term`` and ``avg_decrease`` (the smoothed test's EMAs),
+    ``avg_step_size_fast``/``avg_step_size_slow``, ``steps_since_search`` and
+    ``search_interval`` (the speed-up rule), ``step`` and the counters of :attr:`diagnostics`.
+
     Args (shared by the subclasses):
+        init_step_size: eta before the first search (the initial ``step_size``).
         weight_decay: decoupled, per param group: theta <- theta (1 - wd eta_prev) after the
             first evaluation, before the search.
         freeze_bn_stats_in_trials: a module whose BatchNorm running statistics trial forwards
@@ -278,33 +286,29 @@ class LineSearchOptimizer(ClosureOptimizer):
             ``no_grad`` does not leave stale gathered parameters for the next one.
     """
 
-    scalars_key = "line_search"
+    release_0_1_0_key = "line_search"
 
     def __init__(
         self,
         params: Any,
         defaults: dict[str, Any],
-        rule: SearchRule,
-        direction: AdamDirection | SGDDirection,
-        init_step_size: float,
         freeze_bn_stats_in_trials: nn.Module | None = None,
         process_group: dist.ProcessGroup | None = None,
     ) -> None:
-        if not init_step_size > 0:
-            raise ValueError(f"init_step_size must be positive, got {init_step_size}")
+        if not defaults["init_step_size"] > 0:
+            raise ValueError(f"init_step_size must be positive, got {defaults['init_step_size']}")
         if freeze_bn_stats_in_trials is not None and not isinstance(freeze_bn_stats_in_trials, nn.Module):
             raise TypeError(
                 "freeze_bn_stats_in_trials: pass the nn.Module whose BatchNorm layers to hold "
                 f"(or None), got {type(freeze_bn_stats_in_trials).__name__}"
             )
-        defaults = {"lr": init_step_size, "weight_decay": 0.0, **defaults}
-        self.rule = rule
-        self.direction = direction
         self.bn_module = freeze_bn_stats_in_trials
-        super().__init__(params, defaults, process_group)
-        self.state[self.scalars_key] = {
-            **self._initial_scalars(),
-            "step_size": float(init_step_size),
+        super().__init__(params, {"lr": defaults["init_step_size"], **defaults}, process_group)
+
+    def _initial_state(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **super()._initial_state(group),
+            "step_size": float(group["init_step_size"]),
             "avg_grad_term": 0.0,
             "avg_decrease": 0.0,
             "avg_step_size_fast": 1e-8,
@@ -317,21 +321,21 @@ class LineSearchOptimizer(ClosureOptimizer):
         }
 
     @property
-    def diagnostics(self) -> dict[str, float]:
-        """Numbers for loggers: step size, evaluation counters and search statistics."""
-        search = self.scalars
-        keys = (
-            "step_size", "n_forwards", "n_backwards", "n_backtracks", "n_searches",
-            "n_failed_searches", "n_skipped", "search_interval",
+    def diagnostics(self) -> SearchDiagnostics:
+        """Step size, evaluation counters and the state of the test (see :class:`SearchDiagnostics`)."""
+        search = self.param_groups[0]
+        return SearchDiagnostics(
+            **self._counters(search),
+            n_backtracks=search["n_backtracks"],
+            n_searches=search["n_searches"],
+            n_failed_searches=search["n_failed_searches"],
+            search_interval=search["search_interval"],
+            grad_term=search["avg_grad_term"],
+            avg_decrease=search["avg_decrease"],
         )
-        out = {key: search[key] for key in keys}
-        out["n_steps"] = search["step"]
-        out["grad_term"] = search["avg_grad_term"]
-        out["avg_decrease"] = search["avg_decrease"]
-        out["loss"] = search["last_loss"]
-        return out
 
-    def _search_due(self, search: dict) -> bool:
+    @staticmethod
+    def _search_due(search: dict, rule: SearchRule) -> bool:
         """SaLSA's speed-up rule: r = fast/slow EMA of accepted eta (inverted if < 1); search
         when the steps since the last search reach min(10, 1 / (r - 1 + 1e-8))."""
         ratio = search["avg_step_size_fast"] / search["avg_step_size_slow"]
@@ -340,8 +344,8 @@ class LineSearchOptimizer(ClosureOptimizer):
         search["search_interval"] = min(10.0, 1.0 / (ratio - 1.0 + 1e-8))
         search["steps_since_search"] += 1
         return (
-            not self.rule.speed_up
-            or search["step"] <= self.rule.forced_searches
+            not rule.speed_up
+            or search["step"] <= rule.forced_searches
             or search["steps_since_search"] >= search["search_interval"]
         )
 
@@ -354,7 +358,8 @@ class LineSearchOptimizer(ClosureOptimizer):
         rng: RNGSnapshot | None = None,
         grad_scaler: torch.amp.GradScaler | None = None,
     ) -> Tensor:
-        """One line-search step; returns the loss L0 of the first evaluation.
+        """One line-search step with the param groups' current hyperparameters; returns the loss
+        L0 of the first evaluation.
 
         Args:
             closure: ``closure(backwards: bool = False) -> Tensor``, or ``closure() -> Tensor``
@@ -371,20 +376,36 @@ class LineSearchOptimizer(ClosureOptimizer):
         """
         if closure is None:
             check_closure(closure)  # raises: the trials need the closure
-        search = self.scalars
-        rule = self.rule
+        search = self._shared_group()
+        rule, direction = self._configuration(search)
+        try:
+            return self._step(search, rule, direction, closure, loss, rng, grad_scaler)
+        finally:
+            self._publish(search)
+
+    def _step(
+        self,
+        search: dict[str, Any],
+        rule: SearchRule,
+        direction: AdamDirection | SGDDirection,
+        closure: Any,
+        loss: Tensor | float | None,
+        rng: RNGSnapshot | None,
+        grad_scaler: torch.amp.GradScaler | None,
+    ) -> Tensor:
+        """The step on ``search``, the shared group whose state it updates in place."""
         all_params = [p for g in self.param_groups for p in g["params"]]
         evaluate = LossEvaluator(closure, all_params, self.bn_module, loss, rng)
-        loss, loss0, grad_sq, grad_sq_value, t = self._first_evaluation(evaluate, grad_scaler)
+        loss, loss0, grad_sq, grad_sq_value, t = self._first_evaluation(search, evaluate, grad_scaler)
         if t is None:
             return loss  # non-finite L0 or gradient: parameters and moments untouched
         group = self.group_for_decisions
-        self.direction.begin_step(t)
+        direction.begin_step(t)
         eta = rule.initial_step_size(search["step_size"])
-        searching = self._search_due(search)
+        searching = self._search_due(search, rule)
         if searching:
             search["steps_since_search"] = 0
-            local_term, factor = self.direction.grad_term(t, rule.search_along, grad_sq)
+            local_term, factor = direction.grad_term(t, rule.search_along, grad_sq)
             if local_term is grad_sq:  # ||g||^2 (the SGD direction): read with L0 already
                 grad_term = grad_sq_value * factor
             else:
@@ -401,7 +422,7 @@ class LineSearchOptimizer(ClosureOptimizer):
             search["avg_grad_term"] = test_term
 
         self._decay_weights(search["step_size"])
-        position = _Position(self.direction, t, rule.trials_restart_from_start)
+        position = _Position(direction, t, rule.trials_restart_from_start)
         if not searching:
             moved, search["step_size"] = rule.unsearched_step_sizes(search["step_size"], eta, guarded=False)
             position.go_to(-moved, "momentum")
@@ -413,7 +434,7 @@ class LineSearchOptimizer(ClosureOptimizer):
                     evaluate.trial()  # the release evaluates once here, uncounted
             else:
                 try:
-                    eta = self._backtrack(search, evaluate, position, loss0, eta, test_term, group)
+                    eta = self._backtrack(search, rule, evaluate, position, loss0, eta, test_term, group)
                 except BaseException:
                     # A closure that raises in a trial (e.g. one calling backward under no_grad)
                     # must not leave theta at the trial point: back to where the search started.
@@ -425,9 +446,10 @@ class LineSearchOptimizer(ClosureOptimizer):
         self._set_lr(search["step_size"])
         return loss
 
+    @staticmethod
     def _backtrack(
-        self,
         search: dict,
+        rule: SearchRule,
         evaluate: LossEvaluator,
         position: _Position,
         loss0: float,
@@ -436,7 +458,6 @@ class LineSearchOptimizer(ClosureOptimizer):
         group: dist.ProcessGroup | None,
     ) -> float:
         """The trials; leaves theta at the step taken and returns the eta to store."""
-        rule = self.rule
         search["n_searches"] += 1
         for trial in range(rule.max_trials):
             position.go_to(-eta, rule.search_along)

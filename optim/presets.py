@@ -10,6 +10,10 @@ defaults are the clean behaviour.
 The speed-up rule is as in the NLP runs: only ``adamsls`` was built with ``speed_up`` (always read
 as on); the other three were built without it, so ``AdamSLS``'s default ``False`` applied and they
 searched on every step. The image runs turned it off for all four (``speed_up=False``).
+
+The harness lists every value of each column in its config (``conf/optimizer/salsa.yaml``,
+``salsa_sgd.yaml``, ``sls_adam.yaml``, ``sls.yaml``), built through :func:`paper_optimizer` with
+the preset's name; ``tests/test_paper_presets.py`` checks that those values are this module's.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import torch.distributed as dist
 from torch import nn
 
-from .directions import ReleasedAdamDirection
+from .directions import AdamDirection, ReleasedAdamDirection, SGDDirection
 from .line_search import LineSearchOptimizer, ReleasedRule, SearchRule, SkippedGrowth, make_direction
 
 
@@ -30,6 +30,10 @@ class SaLSA(LineSearchOptimizer):
     off-by-one fixed. ``as_released=True`` reproduces ``salsa-optimizer`` 0.1.0 step for step,
     quirks included (see :class:`~optim.line_search.ReleasedRule`). The paper's as-run
     ``adamsls``/``sgdsls`` are configurations of this class: see :mod:`optim.presets`.
+
+    Every argument but ``params``, ``freeze_bn_stats_in_trials`` and ``process_group`` is a
+    hyperparameter: an entry of each param group, read at every step (see
+    :class:`~optim.ClosureOptimizer`); only ``weight_decay`` may differ between groups.
 
     Args:
         params: parameters or param groups (``weight_decay`` may differ per group).
@@ -80,44 +84,45 @@ class SaLSA(LineSearchOptimizer):
         freeze_bn_stats_in_trials: nn.Module | None = None,
         process_group: dist.ProcessGroup | None = None,
     ) -> None:
+        defaults = dict(
+            direction=direction, c=c, init_step_size=init_step_size, betas=tuple(betas),
+            speed_up=speed_up, use_mv=use_mv, weight_decay=weight_decay, eps=eps, backtrack=backtrack,
+            max_trials=max_trials, growth=growth, grad_term=grad_term, step_along=step_along,
+            accept_ties=accept_ties, skipped_growth=skipped_growth, forced_searches=forced_searches,
+            as_released=as_released,
+        )
+        super().__init__(params, defaults, freeze_bn_stats_in_trials, process_group)
+
+    def _configure(self, group: dict[str, Any]) -> tuple[SearchRule, AdamDirection | SGDDirection]:
+        betas = tuple(group["betas"])
         if len(betas) != 3:
             raise ValueError(f"betas must be (beta1, beta2, smoothing), got {betas}")
-        if grad_term not in ("squared", "norm"):
-            raise ValueError(f"grad_term must be 'squared' or 'norm', got {grad_term!r}")
+        if group["grad_term"] not in ("squared", "norm"):
+            raise ValueError(f"grad_term must be 'squared' or 'norm', got {group['grad_term']!r}")
         rule_args = dict(
-            c=c,
-            backtrack=backtrack,
-            max_trials=max_trials,
+            c=group["c"],
+            backtrack=group["backtrack"],
+            max_trials=group["max_trials"],
             smoothing=betas[2],
-            growth=growth,
-            speed_up=speed_up,
-            search_along="momentum" if use_mv else "gradient",
-            grad_term_root=grad_term == "norm",
+            growth=group["growth"],
+            speed_up=group["speed_up"],
+            search_along="momentum" if group["use_mv"] else "gradient",
+            grad_term_root=group["grad_term"] == "norm",
         )
-        if as_released:
-            if direction != "adam":
+        if group["as_released"]:
+            if group["direction"] != "adam":
                 raise ValueError(
                     "as_released=True reproduces the released Adam SaLSA: direction must be 'adam'"
                 )
-            # 0.1.0 counts the step before testing `step < 10`: searches are forced on steps 1-9.
+            # 0.1.0 counts the step before testing `step < 10`: searches are forced on steps 1-9;
+            # it has no step_along, accept_ties, skipped_growth or forced_searches of its own.
             rule: SearchRule = ReleasedRule(**rule_args, forced_searches=9, skipped_growth="unstored")
-            search_direction: Any = ReleasedAdamDirection(betas[:2], eps)
-        else:
-            rule = SearchRule(
-                **rule_args,
-                step_along=step_along,
-                accept_ties=accept_ties,
-                skipped_growth=skipped_growth,
-                forced_searches=forced_searches,
-            )
-            search_direction = make_direction(direction, betas[:2], eps)
-        defaults = dict(
-            direction=direction, c=c, betas=tuple(betas), speed_up=speed_up, use_mv=use_mv,
-            eps=eps, backtrack=backtrack, max_trials=max_trials, growth=growth,
-            grad_term=grad_term, step_along=step_along, as_released=as_released,
-            weight_decay=weight_decay,
+            return rule, ReleasedAdamDirection(betas[:2], group["eps"])
+        rule = SearchRule(
+            **rule_args,
+            step_along=group["step_along"],
+            accept_ties=group["accept_ties"],
+            skipped_growth=group["skipped_growth"],
+            forced_searches=group["forced_searches"],
         )
-        super().__init__(
-            params, defaults, rule, search_direction, init_step_size,
-            freeze_bn_stats_in_trials, process_group,
-        )
+        return rule, make_direction(group["direction"], betas[:2], group["eps"])

@@ -21,11 +21,16 @@ from typing import Any, Literal
 import torch.distributed as dist
 from torch import nn
 
+from .directions import AdamDirection, SGDDirection
 from .line_search import LineSearchOptimizer, SearchRule, make_direction
 
 
 class SLS(LineSearchOptimizer):
     r"""Stochastic line search (``IssamLaradji/sls`` defaults), SGD or Adam-preconditioned.
+
+    Every argument but ``params``, ``freeze_bn_stats_in_trials`` and ``process_group`` is a
+    hyperparameter: an entry of each param group, read at every step (see
+    :class:`~optim.ClosureOptimizer`); only ``weight_decay`` may differ between groups.
 
     Args:
         params: parameters or param groups (``weight_decay`` may differ per group).
@@ -74,35 +79,37 @@ class SLS(LineSearchOptimizer):
         freeze_bn_stats_in_trials: nn.Module | None = None,
         process_group: dist.ProcessGroup | None = None,
     ) -> None:
+        defaults = dict(
+            direction=direction, c=c, init_step_size=init_step_size, backtrack=backtrack,
+            reset_option=reset_option, gamma=gamma, n_batches_per_epoch=n_batches_per_epoch,
+            eta_max=eta_max, max_trials=max_trials, failed_step=failed_step, guard=guard,
+            betas=tuple(betas), eps=eps, weight_decay=weight_decay, grad_term=grad_term,
+            step_along=step_along, speed_up=speed_up,
+        )
+        super().__init__(params, defaults, freeze_bn_stats_in_trials, process_group)
+
+    def _configure(self, group: dict[str, Any]) -> tuple[SearchRule, AdamDirection | SGDDirection]:
+        reset_option, gamma, n_batches = group["reset_option"], group["gamma"], group["n_batches_per_epoch"]
         if reset_option not in (0, 1, 2):
             raise ValueError(f"reset_option must be 0, 1 or 2, got {reset_option}")
         if not gamma > 0:
             raise ValueError(f"gamma must be positive, got {gamma}")
-        if not n_batches_per_epoch > 0:
-            raise ValueError(f"n_batches_per_epoch must be positive, got {n_batches_per_epoch}")
-        if grad_term not in ("squared", "norm"):
-            raise ValueError(f"grad_term must be 'squared' or 'norm', got {grad_term!r}")
+        if not n_batches > 0:
+            raise ValueError(f"n_batches_per_epoch must be positive, got {n_batches}")
+        if group["grad_term"] not in ("squared", "norm"):
+            raise ValueError(f"grad_term must be 'squared' or 'norm', got {group['grad_term']!r}")
         rule = SearchRule(
-            c=c,
-            backtrack=backtrack,
-            max_trials=max_trials,
-            growth=gamma ** (1.0 / n_batches_per_epoch) if reset_option == 1 else 1.0,
-            reset_to=init_step_size if reset_option == 2 else None,
-            eta_max=eta_max,
-            speed_up=speed_up,
-            step_along=step_along,
-            grad_term_root=grad_term == "norm",
+            c=group["c"],
+            backtrack=group["backtrack"],
+            max_trials=group["max_trials"],
+            growth=gamma ** (1.0 / n_batches) if reset_option == 1 else 1.0,
+            reset_to=group["init_step_size"] if reset_option == 2 else None,
+            eta_max=group["eta_max"],
+            speed_up=group["speed_up"],
+            step_along=group["step_along"],
+            grad_term_root=group["grad_term"] == "norm",
             skipped_growth="stored",
-            guard=guard,
-            failed_step=failed_step,
+            guard=group["guard"],
+            failed_step=group["failed_step"],
         )
-        defaults = dict(
-            direction=direction, c=c, backtrack=backtrack, reset_option=reset_option, gamma=gamma,
-            n_batches_per_epoch=n_batches_per_epoch, eta_max=eta_max, max_trials=max_trials,
-            betas=tuple(betas), eps=eps, grad_term=grad_term, step_along=step_along,
-            speed_up=speed_up, weight_decay=weight_decay, failed_step=failed_step, guard=guard,
-        )
-        super().__init__(
-            params, defaults, rule, make_direction(direction, tuple(betas), eps), init_step_size,
-            freeze_bn_stats_in_trials, process_group,
-        )
+        return rule, make_direction(group["direction"], tuple(group["betas"]), group["eps"])

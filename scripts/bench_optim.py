@@ -382,10 +382,9 @@ def tensor_bytes(roots: Iterable[object]) -> int:
 
 def optimizer_bytes(opt: torch.optim.Optimizer) -> int:
     """``opt.state`` plus the direction buffer that this package's optimizers keep outside it
-    (``direction`` for SaLSA and SLS, ``moments`` for L4)."""
-    holders = (getattr(opt, name, None) for name in ("direction", "moments"))
-    scratch = [getattr(holder, "_buffer", []) for holder in holders]
-    return tensor_bytes([*opt.state.values(), *scratch])
+    (in ``opt.direction``)."""
+    scratch = getattr(getattr(opt, "direction", None), "_buffer", [])
+    return tensor_bytes([*opt.state.values(), scratch])
 
 
 def summarise(

@@ -71,12 +71,12 @@ def train(make_optimizer, steps: int, batch_size: int = 64) -> dict[str, float]:
     with torch.no_grad():
         train_loss = nn.functional.cross_entropy(model(x), y).item()
         accuracy = (model(x_test).argmax(dim=1) == y_test).float().mean().item()
-    diagnostics = getattr(opt, "diagnostics", {})
+    diagnostics = getattr(opt, "diagnostics", None)  # optim.Diagnostics of SaLSA, SLS and L4
     return {
         "train_loss": train_loss,
         "test_accuracy": accuracy,
-        "forwards_per_step": diagnostics.get("n_forwards", steps) / steps,
-        "step_size": diagnostics.get("step_size", opt.param_groups[0]["lr"]),
+        "forwards_per_step": (diagnostics.n_forwards if diagnostics else steps) / steps,
+        "step_size": diagnostics.step_size if diagnostics else opt.param_groups[0]["lr"],
         "seconds": elapsed,
     }
 

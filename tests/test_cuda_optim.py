@@ -268,9 +268,10 @@ def test_a_step_syncs_once_per_evaluated_loss_and_once_for_the_gradient_term(nam
 
     seen = []
     for i in range(10):
-        if i == 5 and getattr(opt, "rule", None) is not None and opt.rule.speed_up:
+        group = opt.param_groups[0]
+        if i == 5 and group.get("speed_up"):
             # Accepted step sizes settled (fast EMA = slow EMA): the next steps skip the search.
-            opt.scalars["avg_step_size_fast"] = opt.scalars["avg_step_size_slow"]
+            group["avg_step_size_fast"] = group["avg_step_size_slow"]
         before = dict(opt.diagnostics)
         opt.zero_grad()
         counter = SyncCounter()
@@ -287,14 +288,14 @@ def test_a_step_syncs_once_per_evaluated_loss_and_once_for_the_gradient_term(nam
             searched = after["n_searches"] - before["n_searches"]
             assert searched or not trials  # no guard blocked a due search (L0 and g are far from 0)
             # Along the gradient, <g, d> = ||g||^2 was read with L0: no read of its own.
-            term_reads = searched if opt.defaults["direction"] == "adam" else 0
+            term_reads = searched if opt.param_groups[0]["direction"] == "adam" else 0
             expected = 1 + term_reads + trials
         assert counter.count == expected, f"step {i + 1}: {counter.count} syncs, the design allows {expected}"
         seen.append(trials)
     if isinstance(opt, L4):
         return
     assert max(seen) >= 2, "no step backtracked"  # at least 2 trials
-    if opt.rule.speed_up:
+    if opt.param_groups[0]["speed_up"]:
         assert 0 in seen, "no step skipped its search"
 
 

@@ -100,7 +100,7 @@ def test_grouping_the_foreach_chains_changes_no_bit(make, monkeypatch):
         for i in range(8):
             opt.zero_grad()
             opt.step(model_closure(model, *classification_batch(seed=i)))
-        adam = opt.moments if isinstance(opt, L4) else opt.direction
+        adam = opt.direction
         return [p.detach().clone() for p in model.parameters()], len(adam._groups)
 
     together, n_together = train()
@@ -166,7 +166,7 @@ def test_a_step_the_speed_up_rule_skips_moves_by_eta_prev_along_adams_update(gro
     opt = SaLSA(model.parameters(), forced_searches=2)
     for i in range(4):
         if i == 3:  # accepted step sizes settled: fast EMA = slow EMA, search every 10 steps
-            opt.scalars["avg_step_size_fast"] = opt.scalars["avg_step_size_slow"]
+            opt.param_groups[0]["avg_step_size_fast"] = opt.param_groups[0]["avg_step_size_slow"]
         before = [p.detach().clone() for p in model.parameters()]
         searches, eta_prev = opt.diagnostics["n_searches"], opt.diagnostics["step_size"]
         opt.zero_grad()

@@ -69,7 +69,7 @@ def test_baseline_schedule_is_cosine_with_warmup(tmp_path):
 def test_line_search_with_a_schedule_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match="optimizer.schedule=null"):
         run_config(["optimizer=adam", "+experiment/optimizers/nlp=adam", "optimizer.build._target_=optim.SaLSA",
-                    "~optimizer.build.lr"], tmp_path)
+                    "~optimizer.build.lr", "~optimizer.build.betas", "~optimizer.build.amsgrad"], tmp_path)
 
 
 

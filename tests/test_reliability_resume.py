@@ -38,7 +38,7 @@ def record(recorded, tmp_path, monkeypatch) -> Path:
 @pytest.mark.parametrize(("change", "named"), [
     (["seed=1"], "seed 0 -> 1"),
     (["model=mlp"], "model.name 'small_cnn' -> 'mlp'"),
-    (["optimizer=adam"], "optimizer.name 'salsa' -> 'adam'"),
+    (["optimizer=adam"], "optimizer.build._target_ 'optim.presets.paper_optimizer' -> 'torch.optim.Adam'"),
     (["dataset.build.val_fraction=0.3"], "dataset.build.val_fraction 0.2 -> 0.3"),
     (["trainer.batch_size=16"], "trainer.batch_size 32 -> 16"),
     (["trainer.eval_interval=1"], "trainer.eval_interval 0 -> 1"),  # evaluations draw from the RNG

@@ -206,11 +206,11 @@ class LineSearchTrainer(Trainer):
         """The Trainer's log, with the optimizer's diagnostics added to every training log."""
         if "loss" in logs and self._closure_optimizer is not None:
             # The Trainer's "loss" (the mean since the last log) stays; diagnostics' is L0 alone.
-            diagnostics = {k: v for k, v in self._closure_optimizer.diagnostics.items() if k != "loss"}
-            logs = {**logs, **diagnostics}
+            diagnostics = self._closure_optimizer.diagnostics
+            logs = {**logs, **{k: v for k, v in diagnostics.items() if k != "loss"}}
             if "learning_rate" in logs:
                 # The Trainer reads it from the scheduler, one step behind the search.
-                logs["learning_rate"] = diagnostics["step_size"]
+                logs["learning_rate"] = diagnostics.step_size
         super().log(logs, *args, **kwargs)
 
 

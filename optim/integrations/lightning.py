@@ -132,7 +132,7 @@ def _check_setup(module: LightningModule, optimizer: Any) -> ClosureOptimizer:
 
 def _log_diagnostics(module: LightningModule, optimizer: ClosureOptimizer) -> None:
     diagnostics = optimizer.diagnostics
-    module.log("step_size", float(diagnostics["step_size"]), prog_bar=True)
+    module.log("step_size", float(diagnostics.step_size), prog_bar=True)
     # "loss" is L0, which the caller logs under its own name.
     rest = {k: float(v) for k, v in diagnostics.items() if k not in ("step_size", "loss")}
     module.log_dict(rest)
