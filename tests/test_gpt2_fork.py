@@ -120,10 +120,11 @@ def test_kensls_option(capsys, tmp_path):
     cfg = compose(["+experiment=paper/gpt2_openwebtext", "optimizer=salsa_class",
                    "+experiment/optimizers/gpt2=kensls"])
     opt = build(cfg, "optimizer", params=[nn.Parameter(torch.zeros(3))])
-    rule = opt.rule
-    assert (rule.c, rule.smoothing, rule.backtrack, rule.max_trials) == pytest.approx((0.3, 0.99, 0.9, 100))
-    assert rule.growth == pytest.approx(1 / 0.999, rel=1e-15)
-    assert (rule.search_along, rule.step_along, rule.speed_up) == ("momentum", "search", False)
+    group = opt.param_groups[0]  # the one home of the hyperparameters
+    assert (group["c"], group["betas"][2], group["backtrack"], group["max_trials"]) == pytest.approx((0.3, 0.99, 0.9, 100))
+    assert group["growth"] == pytest.approx(1 / 0.999, rel=1e-15)
+    # use_mv: trials along the momentum direction; step_along "search": the step goes along it too.
+    assert (group["use_mv"], group["step_along"], group["speed_up"]) == (True, "search", False)
     assert opt.diagnostics["step_size"] == 0.1
     assert cfg.trainer.max_grad_norm == 0.25  # clip 1.0 in the closure, then 0.25 in KenSLS.step
 
