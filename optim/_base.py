@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ._checks import check_positive
 from ._checkpoints import from_release_0_1_0
 from ._evaluation import LossEvaluator, default_process_group, host_floats
 from ._sharding import check_sharding, local
@@ -84,8 +85,7 @@ class ClosureOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            if not group["weight_decay"] >= 0:
-                raise ValueError(f"weight_decay must be non-negative, got {group['weight_decay']}")
+            check_positive("weight_decay", group["weight_decay"], zero=True)
             if len(self.param_groups) > 1:
                 self._check_agreement(group, self._setting_keys)
             _, direction = self._configuration(group)
@@ -117,10 +117,12 @@ class ClosureOptimizer(torch.optim.Optimizer):
 
     def _shared_group(self) -> dict[str, Any]:
         """Group 0, whose settings and search state the step reads and writes, after checking
-        that every other group agrees with it."""
+        that every other group agrees with it and that every ``weight_decay`` is valid."""
         groups = self.param_groups
         for group in groups[1:]:
             self._check_agreement(group, self._setting_keys + self._state_keys)
+        for group in groups:  # the one per-group number, which the settings' check does not see
+            check_positive("weight_decay", group["weight_decay"], zero=True)
         return groups[0]
 
     def _publish(self, first: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ._base import ClosureOptimizer
+from ._checks import check_moments, check_positive, check_unit
 from ._evaluation import LossEvaluator, check_closure, host_floats
 from .diagnostics import L4Diagnostics
 from .directions import AdamDirection, inner
@@ -45,15 +46,11 @@ class L4Rule:
     def __post_init__(self) -> None:
         if self.direction not in ("adam", "momentum"):
             raise ValueError(f"direction must be 'adam' or 'momentum', got {self.direction!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be positive, got {self.alpha}")
-        for name, value in (("gamma", self.gamma), ("gamma0", self.gamma0)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {value}")
-        if not self.tau > 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
-        if not self.epsilon >= 0:
-            raise ValueError(f"epsilon must be non-negative, got {self.epsilon}")
+        check_positive("alpha", self.alpha)
+        check_unit("gamma", self.gamma)
+        check_unit("gamma0", self.gamma0)
+        check_positive("tau", self.tau, inf=True)  # inf: L_min is never relaxed
+        check_positive("epsilon", self.epsilon, zero=True)
 
 
 class L4(ClosureOptimizer):
@@ -101,6 +98,7 @@ class L4(ClosureOptimizer):
         super().__init__(params, defaults, process_group)
 
     def _configure(self, group: dict[str, Any]) -> tuple[L4Rule, AdamDirection]:
+        check_moments(group["betas"], group["eps"])  # beta2 too, although L4Mom does not use it
         beta1, beta2 = group["betas"]
         rule = L4Rule(
             group["direction"], group["alpha"], group["gamma"], group["gamma0"], group["tau"],

@@ -1,0 +1,103 @@
+"""The optimizers' side of the second reliability round (issue 22): every hyperparameter is a
+finite number in its range, named when it is not."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from optim import L4, SLS, SaLSA
+from optim.presets import paper_optimizer
+
+NAN, INF = math.nan, math.inf
+
+# (class, keyword arguments, the argument the error must name)
+BAD_NUMBERS = [
+    (SaLSA, {"init_step_size": NAN}, "init_step_size"),
+    (SaLSA, {"init_step_size": INF}, "init_step_size"),
+    (SaLSA, {"growth": INF}, "growth"),
+    (SaLSA, {"growth": NAN}, "growth"),
+    (SaLSA, {"c": NAN}, "c"),
+    (SaLSA, {"backtrack": NAN}, "backtrack"),
+    (SaLSA, {"betas": (NAN, 0.999, 0.9)}, r"betas\[0\]"),
+    (SaLSA, {"betas": (0.9, INF, 0.9)}, r"betas\[1\]"),
+    (SaLSA, {"betas": (0.9, 0.999, NAN)}, "smoothing"),
+    (SaLSA, {"betas": (0.9, 0.999, -0.1)}, "smoothing"),
+    (SaLSA, {"direction": "sgd", "betas": (1.5, 0.999, 0.9)}, r"betas\[0\]"),  # unused, still checked
+    (SaLSA, {"direction": "sgd", "eps": NAN}, "eps"),
+    (SaLSA, {"as_released": True, "betas": (0.9, -1.0, 0.9)}, r"betas\[1\]"),
+    (SaLSA, {"as_released": True, "eps": INF}, "eps"),
+    (SaLSA, {"eps": NAN}, "eps"),
+    (SaLSA, {"max_trials": True}, "max_trials"),
+    (SaLSA, {"max_trials": 2.5}, "max_trials"),
+    (SaLSA, {"max_trials": 100.0}, "max_trials"),
+    (SaLSA, {"forced_searches": -5}, "forced_searches"),
+    (SaLSA, {"forced_searches": NAN}, "forced_searches"),
+    (SaLSA, {"weight_decay": NAN}, "weight_decay"),
+    (SaLSA, {"weight_decay": INF}, "weight_decay"),
+    (SaLSA, {"c": "0.5"}, "c"),
+    (SLS, {"init_step_size": INF}, "init_step_size"),
+    (SLS, {"gamma": INF}, "gamma"),
+    (SLS, {"gamma": NAN}, "gamma"),
+    (SLS, {"n_batches_per_epoch": NAN}, "n_batches_per_epoch"),
+    (SLS, {"eta_max": NAN}, "eta_max"),
+    (SLS, {"failed_step": NAN}, "failed_step"),
+    (SLS, {"failed_step": -1e-6}, "failed_step"),
+    (SLS, {"reset_option": True}, "reset_option"),
+    (SLS, {"max_trials": False}, "max_trials"),
+    (SLS, {"betas": (0.9, NAN)}, r"betas\[1\]"),
+    (SLS, {"direction": "adam", "eps": -1.0}, "eps"),
+    (L4, {"alpha": INF}, "alpha"),
+    (L4, {"alpha": NAN}, "alpha"),
+    (L4, {"gamma": NAN}, "gamma"),
+    (L4, {"gamma0": INF}, "gamma0"),
+    (L4, {"tau": NAN}, "tau"),
+    (L4, {"epsilon": NAN}, "epsilon"),
+    (L4, {"epsilon": -1e-12}, "epsilon"),
+    (L4, {"betas": (NAN, 0.999)}, r"betas\[0\]"),
+    (L4, {"betas": (0.9, 1.0)}, r"betas\[1\]"),
+    (L4, {"betas": (0.9,)}, "betas"),
+    (L4, {"direction": "momentum", "betas": (0.9, INF)}, r"betas\[1\]"),  # beta2 unused by L4Mom
+    (L4, {"eps": 0.0}, "eps"),
+    (L4, {"eps": NAN}, "eps"),
+]
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "name"), BAD_NUMBERS)
+def test_a_bad_number_is_refused_at_construction_naming_it(cls, kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name} .*must be"):
+        cls([nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+@pytest.mark.parametrize("preset", ["adamsls", "sgdsls", "oladamsls", "olsgdsls"])
+@pytest.mark.parametrize(("key", "value"), [("init_step_size", INF), ("c", NAN), ("max_trials", True)])
+def test_a_presets_override_is_checked_as_well(preset, key, value):
+    with pytest.raises(ValueError, match=rf"^{key} .*must be"):
+        paper_optimizer(preset, [nn.Parameter(torch.zeros(2))], **{key: value})
+
+
+@pytest.mark.parametrize(("cls", "key", "value"), [
+    (SaLSA, "growth", INF), (SaLSA, "max_trials", True), (SaLSA, "betas", (0.9, NAN, 0.9)),
+    (SLS, "gamma", NAN), (L4, "alpha", INF), (L4, "eps", NAN), (SaLSA, "weight_decay", NAN),
+])
+def test_a_bad_value_set_in_the_groups_is_refused_at_the_next_step_before_any_change(cls, key, value):
+    theta = nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = cls([theta])
+
+    def closure(backwards: bool = False) -> torch.Tensor:
+        loss = (theta**2).sum()
+        if backwards:
+            loss.backward()
+        return loss
+
+    opt.zero_grad()
+    opt.step(closure)
+    before = theta.detach().clone()
+    opt.param_groups[0][key] = value
+    opt.zero_grad()
+    with pytest.raises(ValueError, match=key):
+        opt.step(closure)
+    assert torch.equal(theta.detach(), before)
