@@ -155,10 +155,47 @@ class ClosureOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict`` (the checkpoint's hyperparameters and state win); reads the
-        layout of version 0.1.0 as well (see :func:`~optim._checkpoints.from_release_0_1_0`)."""
-        super().load_state_dict(from_release_0_1_0(state_dict, self.release_0_1_0_key, self.param_groups))
+        layout of version 0.1.0 as well (see :func:`~optim._checkpoints.from_release_0_1_0`).
+
+        Refuses (``ValueError``, nothing loaded) a state dict of another optimizer class (its
+        groups' entries are not this class's), one whose hyperparameters this class rejects, and
+        one whose per-parameter tensors do not have the shapes of the parameters they would
+        belong to (another model): each would otherwise fail only at the next step."""
+        state_dict = from_release_0_1_0(state_dict, self.release_0_1_0_key, self.param_groups)
+        self._check_loadable(state_dict)
+        super().load_state_dict(state_dict)
         self._configured = None  # the settings are the checkpoint's now
         self._configuration(self.param_groups[0])  # validates them; per-parameter entries
+
+    def _check_loadable(self, state_dict: dict[str, Any]) -> None:
+        name = f"{type(self).__name__}.load_state_dict"
+        saved_groups = state_dict["param_groups"]
+        # Entries others add (a scheduler's "initial_lr") may come and go; ours must all be there.
+        expected = {*self._setting_keys, *self._state_keys, "weight_decay"}
+        for i, saved in enumerate(saved_groups):
+            keys = set(saved) - {"params", "param_names", "lr"}
+            if not expected <= keys:
+                raise ValueError(
+                    f"{name}: param_groups[{i}] of the state dict lacks {sorted(expected - keys)} and "
+                    f"has {sorted(keys - expected)}: it is not a state dict of {type(self).__name__} "
+                    "(one of another optimizer class?)"
+                )
+            check_positive("weight_decay", saved["weight_decay"], zero=True)
+        if saved_groups:
+            self._configure(saved_groups[0])  # the checkpoint's settings, validated before use
+        if self.sharded or len(saved_groups) != len(self.param_groups):
+            return  # shards carry their own layout; torch refuses a mismatch of groups itself
+        for saved, group in zip(saved_groups, self.param_groups):
+            if len(saved["params"]) != len(group["params"]):
+                return  # torch refuses it, naming the groups
+            for index, param in zip(saved["params"], group["params"]):
+                for key, value in state_dict["state"].get(index, {}).items():
+                    if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
+                        raise ValueError(
+                            f"{name}: state[{index}][{key!r}] has shape {tuple(value.shape)} but the "
+                            f"parameter it would belong to has {tuple(param.shape)}: a state dict of "
+                            "another model?"
+                        )
 
     # -- the step's shared parts ----------------------------------------------------------------
 

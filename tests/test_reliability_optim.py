@@ -101,3 +101,70 @@ def test_a_bad_value_set_in_the_groups_is_refused_at_the_next_step_before_any_ch
     with pytest.raises(ValueError, match=key):
         opt.step(closure)
     assert torch.equal(theta.detach(), before)
+
+
+def _quadratic(theta: torch.Tensor):
+    def closure(backwards: bool = False) -> torch.Tensor:
+        loss = (theta**2).sum()
+        if backwards:
+            loss.backward()
+        return loss
+
+    return closure
+
+
+def _stepped(opt: torch.optim.Optimizer, theta: torch.Tensor) -> torch.optim.Optimizer:
+    opt.zero_grad()
+    opt.step(_quadratic(theta))
+    return opt
+
+
+@pytest.mark.parametrize(("loader", "saver", "lacking"), [
+    (SaLSA, L4, "'c'"), (L4, SaLSA, "'alpha'"), (SaLSA, SLS, "'as_released'"),
+    (SLS, SaLSA, "'gamma'"), (SLS, L4, "'backtrack'"), (L4, SLS, "'gamma0'"),
+])
+def test_a_state_dict_of_another_class_is_refused_at_load_and_nothing_changes(loader, saver, lacking):
+    theta = nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = _stepped(loader([theta]), theta)
+    before = opt.state_dict()
+    other_theta = nn.Parameter(torch.tensor([3.0, 4.0]))
+    other = _stepped(saver([other_theta]), other_theta).state_dict()
+    with pytest.raises(ValueError, match=rf"{loader.__name__}\.load_state_dict: .*lacks \[.*{lacking}.*"
+                                         rf"not a state dict of {loader.__name__}"):
+        opt.load_state_dict(other)
+    assert opt.state_dict()["param_groups"] == before["param_groups"]
+    _stepped(opt, theta)  # still usable
+
+
+def test_a_state_dict_of_another_model_is_refused_at_load_naming_the_shapes():
+    theta = nn.Parameter(torch.ones(2))
+    opt = _stepped(SaLSA([theta]), theta)
+    wider = nn.Parameter(torch.ones(3))
+    other = _stepped(SaLSA([wider]), wider).state_dict()
+    with pytest.raises(ValueError, match=r"state\[0\]\['exp_avg'\] has shape \(3,\) .* has \(2,\)"):
+        opt.load_state_dict(other)
+    assert opt.state[theta]["exp_avg"].shape == (2,)
+
+
+def test_a_state_dict_with_a_value_the_class_rejects_is_refused_before_loading():
+    theta = nn.Parameter(torch.ones(2))
+    opt = SaLSA([theta])
+    bad = SaLSA([nn.Parameter(torch.ones(2))]).state_dict()
+    bad["param_groups"][0]["growth"] = INF
+    with pytest.raises(ValueError, match="growth must be positive and finite, got inf"):
+        opt.load_state_dict(bad)
+    assert opt.param_groups[0]["growth"] == 1.1
+
+
+@pytest.mark.parametrize(("saved", "loading"), [("adam", "sgd"), ("sgd", "adam")])
+def test_a_state_dict_of_another_direction_loads_with_its_own_settings(saved, loading):
+    """The checkpoint's hyperparameters win (torch's rule): its direction comes with it, and
+    the moments follow it."""
+    theta = nn.Parameter(torch.tensor([1.0, -2.0]))
+    other = _stepped(SaLSA([theta], direction=saved), theta).state_dict()
+    opt = SaLSA([theta], direction=loading)
+    opt.load_state_dict(other)
+    assert opt.param_groups[0]["direction"] == saved
+    assert ("exp_avg" in opt.state[theta]) == (saved == "adam")
+    _stepped(opt, theta)
+    assert torch.isfinite(theta).all()
