@@ -11,7 +11,8 @@ bias-corrected gradient EMA :math:`\hat g` (:math:`\beta_1 = 0.9`), each step ta
 where :math:`L_{\min}` starts at :math:`\gamma_0 L`, tracks :math:`\min(L_{\min}, L)` and is
 relaxed by :math:`(1 + 1/\tau)` after every step. L4 assumes a non-negative loss (a
 cross-entropy, say). Unlike the reference, a step with :math:`\langle v, \hat g\rangle \le 0`
-or a non-finite step size is skipped and counted rather than taken.
+or a non-finite step size is skipped and counted rather than taken, and a step size above
+:data:`~optim.line_search.MAX_STEP_SIZE` is capped there.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ._checks import check_moments, check_positive, check_unit
 from ._evaluation import LossEvaluator, check_closure, host_floats
 from .diagnostics import L4Diagnostics
 from .directions import AdamDirection, inner
+from .line_search import MAX_STEP_SIZE
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ class L4(ClosureOptimizer):
         min_loss = rule.gamma0 * loss0 if math.isnan(min_loss) else min(min_loss, loss0)
         eta = rule.alpha * (loss0 - rule.gamma * min_loss) / (dot + rule.epsilon)
         if dot > 0 and math.isfinite(eta):
+            eta = min(eta, MAX_STEP_SIZE)  # a vanishing <v, g_hat> must not overflow the move
             self._decay_weights(eta)
             torch._foreach_add_(t.params, v, alpha=-eta * v_scale)
             state["step_size"] = eta

@@ -3,7 +3,7 @@ r"""The one Armijo backtracking core that SaLSA and SLS are configurations of.
 One step, for a direction with vectors :math:`d_\text{search}` and :math:`d_\text{step}`::
 
     L0 <- closure(backwards=True);  g <- grad L(theta0);  update the direction's moments
-    eta <- initial step size (growth or reset rule, capped at eta_max)
+    eta <- initial step size (growth or reset rule, capped at eta_max and MAX_STEP_SIZE)
     if a search is due (always, or by the speed-up rule):
         G <- <g, d_search>  (or its square root)     Gbar <- beta Gbar + (1 - beta) G
         for trial in 1..max_trials:
@@ -40,6 +40,14 @@ from .directions import AdamDirection, Along, SGDDirection, StepTensors
 
 SkippedGrowth = Literal["none", "unstored", "stored"]
 
+# The largest step size of every mode, above ``eta_max``. Where the loss stops changing (a zero
+# gradient, a loss of exactly zero) no search runs, and the modes that grow eta on such steps
+# (released SaLSA, the as-run presets, SLS) multiply it by ``growth`` every step: at 1.1 it
+# leaves float32 after ~930 steps and moving the parameters by it raises. 1e10 is far above any
+# step size an Armijo search accepts on a model (the references start at 1 or 0.1) and far below
+# float32's maximum (3.4e38), so capping it changes no run that a search decides.
+MAX_STEP_SIZE = 1e10
+
 
 @dataclass(frozen=True)
 class SearchRule:
@@ -52,7 +60,7 @@ class SearchRule:
         smoothing: beta of the smoothed (SaLSA) test; 0 gives the plain Armijo test.
         growth: eta starts each search at ``growth * eta_prev`` (1 keeps it).
         reset_to: if set, eta starts each search here instead (SLS ``reset_option=2``).
-        eta_max: cap on the initial step size of a search.
+        eta_max: cap on the initial step size of a search (never above :data:`MAX_STEP_SIZE`).
         speed_up: search only when the speed-up rule says so (SaLSA's rule, see
             :meth:`LineSearchOptimizer._search_due`).
         forced_searches: with ``speed_up``, the first steps that always search.
@@ -125,9 +133,9 @@ class SearchRule:
     trials_restart_from_start = False  # trials move relative to the previous one
 
     def initial_step_size(self, previous: float) -> float:
-        """eta at the start of a search."""
+        """eta at the start of a search (also the grown eta of a step without one)."""
         eta = self.reset_to if self.reset_to is not None else previous * self.growth
-        return min(eta, self.eta_max)
+        return min(eta, self.eta_max, MAX_STEP_SIZE)
 
     def guard_blocks(self, loss0: float, grad_term: float, grad_norm: float) -> bool:
         """True when the search must not run (no decrease to ask for)."""
@@ -287,6 +295,8 @@ class LineSearchOptimizer(ClosureOptimizer):
         process_group: dist.ProcessGroup | None = None,
     ) -> None:
         check_positive("init_step_size", defaults["init_step_size"])
+        if defaults["init_step_size"] > MAX_STEP_SIZE:  # a step that keeps eta would move by it
+            raise ValueError(f"init_step_size must be at most {MAX_STEP_SIZE:g}, got {defaults['init_step_size']!r}")
         if freeze_bn_stats_in_trials is not None and not isinstance(freeze_bn_stats_in_trials, nn.Module):
             raise TypeError(
                 "freeze_bn_stats_in_trials: pass the nn.Module whose BatchNorm layers to hold "

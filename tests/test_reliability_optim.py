@@ -168,3 +168,65 @@ def test_a_state_dict_of_another_direction_loads_with_its_own_settings(saved, lo
     assert ("exp_avg" in opt.state[theta]) == (saved == "adam")
     _stepped(opt, theta)
     assert torch.isfinite(theta).all()
+
+
+MODES = {
+    "salsa": lambda p: SaLSA(p),
+    "salsa_sgd": lambda p: SaLSA(p, direction="sgd"),
+    "salsa_released": lambda p: SaLSA(p, as_released=True),
+    "salsa_stored": lambda p: SaLSA(p, skipped_growth="stored", speed_up=False),
+    "salsa_unstored": lambda p: SaLSA(p, skipped_growth="unstored", use_mv=True),
+    "adamsls": lambda p: paper_optimizer("adamsls", p),
+    "sgdsls": lambda p: paper_optimizer("sgdsls", p),
+    "oladamsls": lambda p: paper_optimizer("oladamsls", p),
+    "olsgdsls": lambda p: paper_optimizer("olsgdsls", p),
+    "sls": lambda p: SLS(p, gamma=1e6, n_batches_per_epoch=1),  # grows 1e6-fold per step
+    "sls_adam": lambda p: SLS(p, direction="adam", guard="loss_and_term"),
+    "sls_reset": lambda p: SLS(p, reset_option=2),
+    "l4": lambda p: L4(p),
+    "l4_momentum": lambda p: L4(p, direction="momentum"),
+}
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0], ids=["zero_loss", "constant_loss"])
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_a_thousand_steps_of_zero_gradient_raise_nothing_in_any_mode(mode, offset):
+    start = torch.tensor([1.0, -2.0, 0.5])
+    theta = nn.Parameter(start.clone())
+    opt = MODES[mode]([theta])
+
+    def closure(backwards: bool = False) -> torch.Tensor:
+        loss = (theta * 0.0).sum() + offset
+        if backwards:
+            loss.backward()
+        return loss
+
+    for _ in range(1200):
+        opt.zero_grad()
+        opt.step(closure)
+    step_size = opt.param_groups[0]["step_size"]
+    assert math.isnan(step_size) or 0 < step_size <= 1e10  # L4 never steps: its eta stays NaN
+    # A zero gradient leaves Adam's moments and the momentum zero: nothing may move theta.
+    assert torch.equal(theta.detach(), start)
+
+
+def test_the_released_step_size_stops_growing_at_1e10():
+    """Released SaLSA grows eta by 1.1 on every guarded step: 1.1**1200 > 1e10."""
+    theta = nn.Parameter(torch.ones(2))
+    opt = SaLSA([theta], as_released=True)
+    def zero(backwards: bool = False) -> torch.Tensor:
+        loss = (theta * 0.0).sum()
+        if backwards:
+            loss.backward()
+        return loss
+
+    for _ in range(1200):
+        opt.zero_grad()
+        opt.step(zero)
+    assert opt.param_groups[0]["step_size"] == 1e10
+
+
+@pytest.mark.parametrize("cls", [SaLSA, SLS])
+def test_an_initial_step_size_above_the_cap_is_refused(cls):
+    with pytest.raises(ValueError, match=r"init_step_size must be at most 1e\+10, got 100000000000\.0"):
+        cls([nn.Parameter(torch.zeros(2))], init_step_size=1e11)
