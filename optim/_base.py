@@ -85,6 +85,7 @@ class ClosureOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
+            self._check_dtypes(group)
             check_positive("weight_decay", group["weight_decay"], zero=True)
             if len(self.param_groups) > 1:
                 self._check_agreement(group, self._setting_keys)
@@ -102,6 +103,24 @@ class ClosureOptimizer(torch.optim.Optimizer):
         self.sharded = check_sharding(
             (p for group in self.param_groups for p in group["params"]), self.process_group
         )
+
+    def _check_dtypes(self, group: dict[str, Any]) -> None:
+        """Refuse float16 and complex parameters (``ValueError`` naming the dtype), which would
+        otherwise turn into NaN or fail mid-run. bfloat16 has float32's range and is accepted."""
+        for i, p in enumerate(group["params"]):
+            where = f"{type(self).__name__}: parameter {i} of param group {len(self.param_groups) - 1}"
+            if p.dtype == torch.float16:
+                raise ValueError(
+                    f"{where} is torch.float16, which is not supported: Adam's eps (1e-8) and the "
+                    "squared gradients underflow to 0 (0/0 = NaN), and a step size above 65504 does "
+                    "not fit. Keep the parameters in float32 and run the forward in float16 under "
+                    "torch.autocast (with a GradScaler), or use bfloat16 parameters"
+                )
+            if p.is_complex():
+                raise ValueError(
+                    f"{where} is {p.dtype}, which is not supported: the Armijo test compares real "
+                    "numbers; hold the parameter as real and imaginary parts (torch.view_as_real)"
+                )
 
     def _check_agreement(self, group: dict[str, Any], keys: tuple[str, ...]) -> None:
         first = self.param_groups[0]

@@ -230,3 +230,43 @@ def test_the_released_step_size_stops_growing_at_1e10():
 def test_an_initial_step_size_above_the_cap_is_refused(cls):
     with pytest.raises(ValueError, match=r"init_step_size must be at most 1e\+10, got 100000000000\.0"):
         cls([nn.Parameter(torch.zeros(2))], init_step_size=1e11)
+
+
+@pytest.mark.parametrize("cls", [SaLSA, SLS, L4])
+@pytest.mark.parametrize(("dtype", "message"), [
+    (torch.float16, r"parameter 1 of param group 0 is torch\.float16, which is not supported: .*torch\.autocast"),
+    (torch.complex64, r"parameter 1 of param group 0 is torch\.complex64, which is not supported"),
+])
+def test_float16_and_complex_parameters_are_refused_at_construction_naming_the_dtype(cls, dtype, message):
+    params = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2, dtype=dtype))]
+    with pytest.raises(ValueError, match=rf"^{cls.__name__}: {message}"):
+        cls(params)
+
+
+def test_a_float16_group_added_later_is_refused_and_not_kept():
+    opt = SaLSA([nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match=r"parameter 0 of param group 1 is torch\.float16"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(2, dtype=torch.float16))]})
+    assert len(opt.param_groups) == 1
+
+
+@pytest.mark.parametrize("mode", ["salsa", "salsa_released", "salsa_sgd", "sls_adam", "l4"])
+def test_bfloat16_parameters_with_a_zero_gradient_entry_stay_finite_and_descend(mode):
+    """bfloat16 has float32's exponent range: eps = 1e-8 and the moments are representable, so a
+    coordinate with a zero gradient gets 0 / (0 + eps) = 0, not NaN."""
+    theta = nn.Parameter(torch.tensor([1.0, -2.0, 0.5], dtype=torch.bfloat16))
+    opt = MODES[mode]([theta])
+
+    def closure(backwards: bool = False) -> torch.Tensor:
+        loss = (theta[:2].float() ** 2).sum()  # theta[2] has a zero gradient
+        if backwards:
+            loss.backward()
+        return loss
+
+    first = closure().item()
+    for _ in range(30):
+        opt.zero_grad()
+        opt.step(closure)
+    assert torch.isfinite(theta).all()
+    assert theta[2].item() == 0.5
+    assert closure().item() < first
