@@ -36,6 +36,7 @@ BAD_NUMBERS = [
     (SaLSA, {"max_trials": 100.0}, "max_trials"),
     (SaLSA, {"forced_searches": -5}, "forced_searches"),
     (SaLSA, {"forced_searches": NAN}, "forced_searches"),
+    (SaLSA, {"as_released": True, "forced_searches": -1}, "forced_searches"),  # unused, still checked
     (SaLSA, {"weight_decay": NAN}, "weight_decay"),
     (SaLSA, {"weight_decay": INF}, "weight_decay"),
     (SaLSA, {"c": "0.5"}, "c"),
@@ -270,3 +271,20 @@ def test_bfloat16_parameters_with_a_zero_gradient_entry_stay_finite_and_descend(
     assert torch.isfinite(theta).all()
     assert theta[2].item() == 0.5
     assert closure().item() < first
+
+
+def test_l4_caps_a_step_size_that_a_vanishing_inner_product_would_blow_up():
+    """A huge loss gap over a tiny <v, g_hat> gives eta ~ 1e44, which no float32 move takes."""
+    theta = nn.Parameter(torch.zeros(3))
+    opt = L4([theta])
+
+    def closure(backwards: bool = False) -> torch.Tensor:
+        loss = (theta * 1e-10).sum() + 1e30
+        if backwards:
+            loss.backward()
+        return loss
+
+    opt.zero_grad()
+    opt.step(closure)
+    assert opt.param_groups[0]["step_size"] == 1e10
+    assert torch.isfinite(theta).all() and (theta < 0).all()
