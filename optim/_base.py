@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ._checks import check_positive
 from ._checkpoints import from_release_0_1_0
 from ._evaluation import LossEvaluator, default_process_group, host_floats
 from ._sharding import check_sharding, local
@@ -84,8 +85,8 @@ class ClosureOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            if not group["weight_decay"] >= 0:
-                raise ValueError(f"weight_decay must be non-negative, got {group['weight_decay']}")
+            self._check_dtypes(group)
+            check_positive("weight_decay", group["weight_decay"], zero=True)
             if len(self.param_groups) > 1:
                 self._check_agreement(group, self._setting_keys)
             _, direction = self._configuration(group)
@@ -103,6 +104,24 @@ class ClosureOptimizer(torch.optim.Optimizer):
             (p for group in self.param_groups for p in group["params"]), self.process_group
         )
 
+    def _check_dtypes(self, group: dict[str, Any]) -> None:
+        """Refuse float16 and complex parameters (``ValueError`` naming the dtype), which would
+        otherwise turn into NaN or fail mid-run. bfloat16 has float32's range and is accepted."""
+        for i, p in enumerate(group["params"]):
+            where = f"{type(self).__name__}: parameter {i} of param group {len(self.param_groups) - 1}"
+            if p.dtype == torch.float16:
+                raise ValueError(
+                    f"{where} is torch.float16, which is not supported: Adam's eps (1e-8) and the "
+                    "squared gradients underflow to 0 (0/0 = NaN), and a step size above 65504 does "
+                    "not fit. Keep the parameters in float32 and run the forward in float16 under "
+                    "torch.autocast (with a GradScaler), or use bfloat16 parameters"
+                )
+            if p.is_complex():
+                raise ValueError(
+                    f"{where} is {p.dtype}, which is not supported: the Armijo test compares real "
+                    "numbers; hold the parameter as real and imaginary parts (torch.view_as_real)"
+                )
+
     def _check_agreement(self, group: dict[str, Any], keys: tuple[str, ...]) -> None:
         first = self.param_groups[0]
         for key in keys:
@@ -117,10 +136,12 @@ class ClosureOptimizer(torch.optim.Optimizer):
 
     def _shared_group(self) -> dict[str, Any]:
         """Group 0, whose settings and search state the step reads and writes, after checking
-        that every other group agrees with it."""
+        that every other group agrees with it and that every ``weight_decay`` is valid."""
         groups = self.param_groups
         for group in groups[1:]:
             self._check_agreement(group, self._setting_keys + self._state_keys)
+        for group in groups:  # the one per-group number, which the settings' check does not see
+            check_positive("weight_decay", group["weight_decay"], zero=True)
         return groups[0]
 
     def _publish(self, first: dict[str, Any]) -> None:
@@ -153,10 +174,47 @@ class ClosureOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict`` (the checkpoint's hyperparameters and state win); reads the
-        layout of version 0.1.0 as well (see :func:`~optim._checkpoints.from_release_0_1_0`)."""
-        super().load_state_dict(from_release_0_1_0(state_dict, self.release_0_1_0_key, self.param_groups))
+        layout of version 0.1.0 as well (see :func:`~optim._checkpoints.from_release_0_1_0`).
+
+        Refuses (``ValueError``, nothing loaded) a state dict of another optimizer class (its
+        groups' entries are not this class's), one whose hyperparameters this class rejects, and
+        one whose per-parameter tensors do not have the shapes of the parameters they would
+        belong to (another model): each would otherwise fail only at the next step."""
+        state_dict = from_release_0_1_0(state_dict, self.release_0_1_0_key, self.param_groups)
+        self._check_loadable(state_dict)
+        super().load_state_dict(state_dict)
         self._configured = None  # the settings are the checkpoint's now
         self._configuration(self.param_groups[0])  # validates them; per-parameter entries
+
+    def _check_loadable(self, state_dict: dict[str, Any]) -> None:
+        name = f"{type(self).__name__}.load_state_dict"
+        saved_groups = state_dict["param_groups"]
+        # Entries others add (a scheduler's "initial_lr") may come and go; ours must all be there.
+        expected = {*self._setting_keys, *self._state_keys, "weight_decay"}
+        for i, saved in enumerate(saved_groups):
+            keys = set(saved) - {"params", "param_names", "lr"}
+            if not expected <= keys:
+                raise ValueError(
+                    f"{name}: param_groups[{i}] of the state dict lacks {sorted(expected - keys)} and "
+                    f"has {sorted(keys - expected)}: it is not a state dict of {type(self).__name__} "
+                    "(one of another optimizer class?)"
+                )
+            check_positive("weight_decay", saved["weight_decay"], zero=True)
+        if saved_groups:
+            self._configure(saved_groups[0])  # the checkpoint's settings, validated before use
+        if self.sharded or len(saved_groups) != len(self.param_groups):
+            return  # shards carry their own layout; torch refuses a mismatch of groups itself
+        for saved, group in zip(saved_groups, self.param_groups):
+            if len(saved["params"]) != len(group["params"]):
+                return  # torch refuses it, naming the groups
+            for index, param in zip(saved["params"], group["params"]):
+                for key, value in state_dict["state"].get(index, {}).items():
+                    if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
+                        raise ValueError(
+                            f"{name}: state[{index}][{key!r}] has shape {tuple(value.shape)} but the "
+                            f"parameter it would belong to has {tuple(param.shape)}: a state dict of "
+                            "another model?"
+                        )
 
     # -- the step's shared parts ----------------------------------------------------------------
 

@@ -11,7 +11,8 @@ bias-corrected gradient EMA :math:`\hat g` (:math:`\beta_1 = 0.9`), each step ta
 where :math:`L_{\min}` starts at :math:`\gamma_0 L`, tracks :math:`\min(L_{\min}, L)` and is
 relaxed by :math:`(1 + 1/\tau)` after every step. L4 assumes a non-negative loss (a
 cross-entropy, say). Unlike the reference, a step with :math:`\langle v, \hat g\rangle \le 0`
-or a non-finite step size is skipped and counted rather than taken.
+or a non-finite step size is skipped and counted rather than taken, and a step size above
+:data:`~optim.line_search.MAX_STEP_SIZE` is capped there.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ._base import ClosureOptimizer
+from ._checks import check_moments, check_positive, check_unit
 from ._evaluation import LossEvaluator, check_closure, host_floats
 from .diagnostics import L4Diagnostics
 from .directions import AdamDirection, inner
+from .line_search import MAX_STEP_SIZE
 
 
 @dataclass(frozen=True)
@@ -45,15 +48,11 @@ class L4Rule:
     def __post_init__(self) -> None:
         if self.direction not in ("adam", "momentum"):
             raise ValueError(f"direction must be 'adam' or 'momentum', got {self.direction!r}")
-        if not self.alpha > 0:
-            raise ValueError(f"alpha must be positive, got {self.alpha}")
-        for name, value in (("gamma", self.gamma), ("gamma0", self.gamma0)):
-            if not 0.0 < value < 1.0:
-                raise ValueError(f"{name} must be in (0, 1), got {value}")
-        if not self.tau > 0:
-            raise ValueError(f"tau must be positive, got {self.tau}")
-        if not self.epsilon >= 0:
-            raise ValueError(f"epsilon must be non-negative, got {self.epsilon}")
+        check_positive("alpha", self.alpha)
+        check_unit("gamma", self.gamma)
+        check_unit("gamma0", self.gamma0)
+        check_positive("tau", self.tau, inf=True)  # inf: L_min is never relaxed
+        check_positive("epsilon", self.epsilon, zero=True)
 
 
 class L4(ClosureOptimizer):
@@ -101,6 +100,7 @@ class L4(ClosureOptimizer):
         super().__init__(params, defaults, process_group)
 
     def _configure(self, group: dict[str, Any]) -> tuple[L4Rule, AdamDirection]:
+        check_moments(group["betas"], group["eps"])  # beta2 too, although L4Mom does not use it
         beta1, beta2 = group["betas"]
         rule = L4Rule(
             group["direction"], group["alpha"], group["gamma"], group["gamma0"], group["tau"],
@@ -179,6 +179,7 @@ class L4(ClosureOptimizer):
         min_loss = rule.gamma0 * loss0 if math.isnan(min_loss) else min(min_loss, loss0)
         eta = rule.alpha * (loss0 - rule.gamma * min_loss) / (dot + rule.epsilon)
         if dot > 0 and math.isfinite(eta):
+            eta = min(eta, MAX_STEP_SIZE)  # a vanishing <v, g_hat> must not overflow the move
             self._decay_weights(eta)
             torch._foreach_add_(t.params, v, alpha=-eta * v_scale)
             state["step_size"] = eta

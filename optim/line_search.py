@@ -3,7 +3,7 @@ r"""The one Armijo backtracking core that SaLSA and SLS are configurations of.
 One step, for a direction with vectors :math:`d_\text{search}` and :math:`d_\text{step}`::
 
     L0 <- closure(backwards=True);  g <- grad L(theta0);  update the direction's moments
-    eta <- initial step size (growth or reset rule, capped at eta_max)
+    eta <- initial step size (growth or reset rule, capped at eta_max and MAX_STEP_SIZE)
     if a search is due (always, or by the speed-up rule):
         G <- <g, d_search>  (or its square root)     Gbar <- beta Gbar + (1 - beta) G
         for trial in 1..max_trials:
@@ -33,11 +33,20 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._base import ClosureOptimizer
+from ._checks import check_int, check_moments, check_positive, check_unit
 from ._evaluation import LossEvaluator, RNGSnapshot, check_closure, host_floats
 from .diagnostics import SearchDiagnostics
 from .directions import AdamDirection, Along, SGDDirection, StepTensors
 
 SkippedGrowth = Literal["none", "unstored", "stored"]
+
+# The largest step size of every mode, above ``eta_max``. Where the loss stops changing (a zero
+# gradient, a loss of exactly zero) no search runs, and the modes that grow eta on such steps
+# (released SaLSA, the as-run presets, SLS) multiply it by ``growth`` every step: at 1.1 it
+# leaves float32 after ~930 steps and moving the parameters by it raises. 1e10 is far above any
+# step size an Armijo search accepts on a model (the references start at 1 or 0.1) and far below
+# float32's maximum (3.4e38), so capping it changes no run that a search decides.
+MAX_STEP_SIZE = 1e10
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ class SearchRule:
         smoothing: beta of the smoothed (SaLSA) test; 0 gives the plain Armijo test.
         growth: eta starts each search at ``growth * eta_prev`` (1 keeps it).
         reset_to: if set, eta starts each search here instead (SLS ``reset_option=2``).
-        eta_max: cap on the initial step size of a search.
+        eta_max: cap on the initial step size of a search (never above :data:`MAX_STEP_SIZE`).
         speed_up: search only when the speed-up rule says so (SaLSA's rule, see
             :meth:`LineSearchOptimizer._search_due`).
         forced_searches: with ``speed_up``, the first steps that always search.
@@ -96,26 +105,25 @@ class SearchRule:
     skipped_growth: SkippedGrowth = "none"
 
     def __post_init__(self) -> None:
-        _check_open_unit("c", self.c)
-        _check_open_unit("backtrack", self.backtrack)
-        if not 0.0 <= self.smoothing < 1.0:
-            raise ValueError(f"smoothing (beta of the smoothed test) must be in [0, 1), got {self.smoothing}")
-        if int(self.max_trials) != self.max_trials or self.max_trials < 1:
-            raise ValueError(f"max_trials must be a positive integer, got {self.max_trials}")
-        if not self.growth > 0:
-            raise ValueError(f"growth must be positive, got {self.growth}")
-        if self.reset_to is not None and not self.reset_to > 0:
-            raise ValueError(f"reset step size must be positive, got {self.reset_to}")
-        if not self.eta_max > 0:
-            raise ValueError(f"eta_max must be positive, got {self.eta_max}")
+        check_unit("c", self.c)
+        check_unit("backtrack", self.backtrack)
+        check_unit("smoothing (beta of the smoothed test)", self.smoothing, closed_low=True)
+        check_int("max_trials", self.max_trials, 1)
+        check_int("forced_searches", self.forced_searches, 0)
+        check_positive("growth", self.growth)
+        if self.reset_to is not None:
+            check_positive("reset step size", self.reset_to)
+        check_positive("eta_max", self.eta_max, inf=True)  # inf (the default): no cap
+        for name in ("min_loss", "min_grad_term", "min_grad_norm"):
+            check_positive(name, getattr(self, name), zero=True)
         if self.search_along not in ("gradient", "momentum"):
             raise ValueError(f"search_along must be 'gradient' or 'momentum', got {self.search_along!r}")
         if self.step_along not in ("search", "momentum"):
             raise ValueError(f"step_along must be 'search' or 'momentum', got {self.step_along!r}")
         if self.guard not in ("loss_and_term", "grad_norm"):
             raise ValueError(f"guard must be 'loss_and_term' or 'grad_norm', got {self.guard!r}")
-        if self.failed_step is not None and not self.failed_step >= 0:
-            raise ValueError(f"failed_step must be None or non-negative, got {self.failed_step}")
+        if self.failed_step is not None:
+            check_positive("failed_step (or None)", self.failed_step, zero=True)
         if self.skipped_growth not in ("none", "unstored", "stored"):
             raise ValueError(
                 f"skipped_growth must be 'none', 'unstored' or 'stored', got {self.skipped_growth!r}"
@@ -125,9 +133,9 @@ class SearchRule:
     trials_restart_from_start = False  # trials move relative to the previous one
 
     def initial_step_size(self, previous: float) -> float:
-        """eta at the start of a search."""
+        """eta at the start of a search (also the grown eta of a step without one)."""
         eta = self.reset_to if self.reset_to is not None else previous * self.growth
-        return min(eta, self.eta_max)
+        return min(eta, self.eta_max, MAX_STEP_SIZE)
 
     def guard_blocks(self, loss0: float, grad_term: float, grad_norm: float) -> bool:
         """True when the search must not run (no decrease to ask for)."""
@@ -205,22 +213,13 @@ def _f32(value: float) -> Tensor:
     return torch.tensor(value, dtype=torch.float32)
 
 
-def _check_open_unit(name: str, value: float) -> None:
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value}")
-
-
 def make_direction(direction: str, betas: tuple[float, float], eps: float) -> AdamDirection | SGDDirection:
     """The direction object for ``direction`` = ``"adam"`` or ``"sgd"``."""
+    check_moments(betas, eps)  # also along the gradient, where they are unused
     if direction == "sgd":
         return SGDDirection()
     if direction == "adam":
-        for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"betas[{i}] must be in [0, 1), got {beta}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
-        return AdamDirection(betas, eps)
+        return AdamDirection(tuple(betas), eps)
     raise ValueError(f"direction must be 'adam' or 'sgd', got {direction!r}")
 
 
@@ -295,8 +294,9 @@ class LineSearchOptimizer(ClosureOptimizer):
         freeze_bn_stats_in_trials: nn.Module | None = None,
         process_group: dist.ProcessGroup | None = None,
     ) -> None:
-        if not defaults["init_step_size"] > 0:
-            raise ValueError(f"init_step_size must be positive, got {defaults['init_step_size']}")
+        check_positive("init_step_size", defaults["init_step_size"])
+        if defaults["init_step_size"] > MAX_STEP_SIZE:  # a step that keeps eta would move by it
+            raise ValueError(f"init_step_size must be at most {MAX_STEP_SIZE:g}, got {defaults['init_step_size']!r}")
         if freeze_bn_stats_in_trials is not None and not isinstance(freeze_bn_stats_in_trials, nn.Module):
             raise TypeError(
                 "freeze_bn_stats_in_trials: pass the nn.Module whose BatchNorm layers to hold "

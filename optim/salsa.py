@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch.distributed as dist
 from torch import nn
 
+from ._checks import check_int, check_moments
 from .directions import AdamDirection, ReleasedAdamDirection, SGDDirection
 from .line_search import LineSearchOptimizer, ReleasedRule, SearchRule, SkippedGrowth, make_direction
 
@@ -97,6 +98,8 @@ class SaLSA(LineSearchOptimizer):
         betas = tuple(group["betas"])
         if len(betas) != 3:
             raise ValueError(f"betas must be (beta1, beta2, smoothing), got {betas}")
+        check_moments(betas[:2], group["eps"])  # every mode, along the gradient too
+        check_int("forced_searches", group["forced_searches"], 0)  # also where as_released ignores it
         if group["grad_term"] not in ("squared", "norm"):
             raise ValueError(f"grad_term must be 'squared' or 'norm', got {group['grad_term']!r}")
         rule_args = dict(

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch.distributed as dist
 from torch import nn
 
+from ._checks import check_positive
 from .directions import AdamDirection, SGDDirection
 from .line_search import LineSearchOptimizer, SearchRule, make_direction
 
@@ -90,12 +91,10 @@ class SLS(LineSearchOptimizer):
 
     def _configure(self, group: dict[str, Any]) -> tuple[SearchRule, AdamDirection | SGDDirection]:
         reset_option, gamma, n_batches = group["reset_option"], group["gamma"], group["n_batches_per_epoch"]
-        if reset_option not in (0, 1, 2):
-            raise ValueError(f"reset_option must be 0, 1 or 2, got {reset_option}")
-        if not gamma > 0:
-            raise ValueError(f"gamma must be positive, got {gamma}")
-        if not n_batches > 0:
-            raise ValueError(f"n_batches_per_epoch must be positive, got {n_batches}")
+        if isinstance(reset_option, bool) or reset_option not in (0, 1, 2):
+            raise ValueError(f"reset_option must be 0, 1 or 2, got {reset_option!r}")
+        check_positive("gamma", gamma)
+        check_positive("n_batches_per_epoch", n_batches)
         if group["grad_term"] not in ("squared", "norm"):
             raise ValueError(f"grad_term must be 'squared' or 'norm', got {group['grad_term']!r}")
         rule = SearchRule(
