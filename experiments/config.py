@@ -177,9 +177,14 @@ def check_names(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, throw_on_missing=False)
         if value is None or OmegaConf.is_missing(cfg, key):
             continue
-        if not isinstance(value, str) or not _NAME.fullmatch(value) or len(value) > 100:
-            raise ConfigError(f"{key}={value!r} names the run's folder: use letters, digits and _.+=- "
-                              "(at most 100, not starting with a dot), e.g. optimizer.name=my_salsa")
+        check_name(key, value)
+
+
+def check_name(key: str, value: Any) -> None:
+    """``value`` of ``key`` (one of :data:`PATH_NAMES`) is a name (see :func:`check_names`)."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or len(value) > 100:
+        raise ConfigError(f"{key}={value!r} names the run's folder: use letters, digits and _.+=- "
+                          "(at most 100, not starting with a dot), e.g. optimizer.name=my_salsa")
 
 
 def check_interpolations(cfg: DictConfig) -> None:

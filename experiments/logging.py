@@ -176,9 +176,8 @@ _OFFLINE_INSTEAD = "or use logger.wandb.mode=offline (sync later with `wandb syn
 def check_wandb(settings: DictConfig) -> None:
     """Fail before any work when wandb cannot log as configured: not installed, or online with
     no credentials (``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc), with a key that is
-    not a wandb key, or without a connection to the wandb server (``WANDB_BASE_URL``) within a
-    second. A well-formed key that the server refuses is found only by the server: the run
-    then fails in one line when it starts wandb."""
+    not a wandb key, without a connection to the wandb server (``WANDB_BASE_URL``) within a
+    second, or with a key that the server refuses (asked once, as ``wandb login`` asks it)."""
     try:
         import wandb  # noqa: F401
     except ImportError as error:
@@ -199,6 +198,28 @@ def check_wandb(settings: DictConfig) -> None:
     if not connects(host, port):
         raise ConfigError(f"{source}: no connection to the wandb server {host}:{port} within "
                           f"{PROBE_SECONDS:g} s (no network?); {_OFFLINE_INSTEAD}")
+    refusal = _server_refusal(key)
+    if refusal is not None:
+        raise ConfigError(f"{source}: the wandb server {_wandb_url()} refused the API key in {where} "
+                          f"({refusal}). Run `wandb login --relogin` or set WANDB_API_KEY; {_OFFLINE_INSTEAD}")
+
+
+_KEY_CHECK_SECONDS = 20
+
+
+def _server_refusal(key: str) -> str | None:
+    """The server's reason when it refuses ``key``, else None. ``wandb.Api`` asks the server who
+    the key belongs to, without storing the key anywhere; a server that answers with anything but
+    a refusal (an error of its own, slowness) is left to ``wandb.init``, which retries."""
+    import wandb
+
+    try:
+        wandb.Api(api_key=key, timeout=_KEY_CHECK_SECONDS)
+    except wandb.errors.AuthenticationError as error:
+        return " ".join(str(error).split()) or "authentication failed"
+    except (OSError, wandb.errors.Error):
+        pass
+    return None
 
 
 def _wandb_url() -> str:

@@ -4,8 +4,9 @@ Hydra makes ``hydra.run.dir`` (``outputs/<dataset>-<model>-<optimizer>-seed<seed
 the run starts. :class:`RunFolderChecked` (registered in ``conf/config.yaml``) refuses, in one
 line with exit 2 and before any folder is made, a run whose folder would be the working directory
 (an empty ``hydra.run.dir``) or whose names would make folders elsewhere than the name says (an
-``optimizer.name`` holding ``../`` or ``/``). The runner checks the names again
-(:func:`experiments.config.check_names`) for runs that do not come through ``main.py``.
+``optimizer.name`` holding ``../`` or ``/``), in a multirun also every value swept over such a
+name (``optimizer.name=a,../b``), before Hydra makes the first job's folder. The runner checks the
+names again (:func:`experiments.config.check_names`) for runs that do not come through ``main.py``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, check_names
+from .config import PATH_NAMES, ConfigError, check_name, check_names
 
 
 class RunFolderChecked(Callback):
@@ -36,9 +38,22 @@ def _refuse_unless(config: DictConfig, run: bool) -> None:
             raise ConfigError("hydra.run.dir is empty: the record would be written into the working "
                               "directory; give a folder, e.g. hydra.run.dir=outputs/<name>")
         check_names(config)
+        if not run:
+            check_swept_names(list(config.hydra.overrides.task) +
+                              [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()])
     except ConfigError as error:
         # Hydra turns an exception raised by a callback into a warning and goes on.
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     except OmegaConfBaseException:
         pass  # an interpolation that does not resolve: Hydra fails on it next, and main.py says so
+
+
+def check_swept_names(overrides: list[str]) -> None:
+    """Every value that ``overrides`` sweep a name of :data:`PATH_NAMES` over is a name: the
+    multirun's config holds only the first job's values, and Hydra makes each job's folder before
+    the job's own check could refuse it."""
+    for override in OverridesParser.create().parse_overrides(overrides=overrides):
+        if override.key_or_group in PATH_NAMES and override.is_sweep_override():
+            for value in override.sweep_string_iterator():
+                check_name(override.key_or_group, value)

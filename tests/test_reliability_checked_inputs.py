@@ -5,8 +5,10 @@ project's "did you mean" in its plain form too, and ``lr`` points to the optimiz
 
 from __future__ import annotations
 
+import http.server
 import socket
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -74,6 +76,21 @@ def test_a_name_with_a_path_makes_no_folder_anywhere(name, tmp_path, capsys, mon
     code, lines = run_main([f"optimizer.name={name}"], capsys)
     assert code == 2 and len(lines) == 1 and "names the run's folder" in lines[0]
     assert not list(tmp_path.rglob("*seed0*")) and not list(work.iterdir())
+
+
+@pytest.mark.parametrize("sweep", ["optimizer.name=fine,../../escaped", "model.name=a/b,fine",
+                                   "dataset.name=fine,.hidden,other"])
+def test_a_swept_name_with_a_path_refuses_the_multirun_before_any_job_folder(sweep, tmp_path, capsys,
+                                                                             monkeypatch):
+    """The multirun's config holds the first job's value only; a later value that is a path must
+    stop it before Hydra makes the first job's folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code = main_in_process(["-m", *FAST, sweep, f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "names the run's folder" in lines[0], lines
+    assert not (tmp_path / "sweep").exists() and not list(work.iterdir())
 
 
 @pytest.mark.parametrize("argv", [["mini", "--columns="], ["mini", "--columns=,"], ["mini", "--tasks="]])
@@ -161,6 +178,48 @@ def test_wandb_online_without_a_usable_key_or_network_is_one_line(key, base_url,
         monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{free_port()}")
     code, lines = run_main(["logger=wandb", "logger.wandb.mode=online", f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     assert code == 2 and len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+class RefusingServer:
+    """A wandb server on the loopback that answers every request with 401, as the real one
+    answers a revoked or mistyped key."""
+
+    def __enter__(self) -> str:
+        class Refuse(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(401)
+                self.send_header("content-type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"errors": [{"message": "user is not logged in"}]}')
+
+            do_GET = do_POST
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_key_the_server_refuses_is_one_line_before_anything_is_built(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)  # well formed: only the server can tell
+    with RefusingServer() as url:
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        code, lines = run_main(["logger=wandb", "logger.wandb.mode=online", f"hydra.run.dir={tmp_path / 'run'}"],
+                               capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"the wandb server {url} refused the API key in WANDB_API_KEY" in lines[0]
+    assert "user is not logged in" in lines[0] and "k" * 40 not in lines[0]
     assert not (tmp_path / "run").exists()
 
 

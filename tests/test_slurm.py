@@ -9,6 +9,7 @@ equal to torchrun's; a ``run_multiple.py`` grid finishes and its table reads. Ma
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -27,12 +28,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 REPO = Path(__file__).resolve().parents[1]
 MAIN = REPO / "main.py"
-# The default task for 300 epochs (13,500 steps): about a minute on one thread, so that a
-# 2-minute time limit whose warning comes 75 s before it cuts the run at least once.
-LONG_RUN = ["trainer.threads=1", "trainer.progress=false", "trainer.device=cpu", "trainer.epochs=300"]
+ONE_THREAD = ["trainer.threads=1", "trainer.progress=false", "trainer.device=cpu"]
 ON_CPU_NODE = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
                "hydra.launcher.mem_gb=1"]
 TIME_LIMIT = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=75"]
+# The warning comes at most 45 s into a job (slurmctld looks every 30 s, so possibly earlier): the
+# long run trains for about twice that on this machine, so that every machine cuts it at least once.
+LONG_RUN_TRAINING_S = 90.0
 RUN_NAME = "digits-small_cnn-salsa-seed0"
 TIMEOUT_S = 900
 
@@ -76,23 +78,37 @@ def finish(process: subprocess.Popen, sweep_dir: Path) -> str:
     return Path(f"{sweep_dir}.log").read_text()
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The long run, once, locally and without a cut."""
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    done = subprocess.run([sys.executable, str(MAIN), *LONG_RUN, f"hydra.run.dir={run_dir}"], cwd=REPO,
+def run_locally(run_dir: Path, *overrides: str) -> dict:
+    done = subprocess.run([sys.executable, str(MAIN), *overrides, f"hydra.run.dir={run_dir}"], cwd=REPO,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stderr
+    return summary(run_dir)
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The default task on one thread for as many epochs as take LONG_RUN_TRAINING_S here, timed
+    from a 20-epoch run (a fixed count was cut on a slow machine and not on a fast one)."""
+    timed = run_locally(tmp_path_factory.mktemp("calibration") / "run", *ONE_THREAD, "trainer.epochs=20")
+    seconds_per_epoch = (timed["train_time"] + timed["timing"]["eval"]) / timed["epochs"]
+    return [*ONE_THREAD, f"trainer.epochs={max(300, math.ceil(LONG_RUN_TRAINING_S / seconds_per_epoch))}"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, long_run: list[str]) -> Path:
+    """The long run, once, locally and without a cut."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    run_locally(run_dir, *long_run)
     return run_dir
 
 
 def test_a_time_limit_cuts_the_run_and_its_requeued_job_ends_it_bit_identically(
-        slurm_cluster: Cluster, uninterrupted: Path, tmp_path: Path):
+        slurm_cluster: Cluster, long_run: list[str], uninterrupted: Path, tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
     run_dir = sweep_dir / RUN_NAME
     with watching(slurm_cluster, run_dir) as watch:
         # No trainer.resume and no periodic checkpoints: the cut's own checkpoint carries the run.
-        output = finish(multirun(slurm_cluster, sweep_dir, *LONG_RUN, *TIME_LIMIT), sweep_dir)
+        output = finish(multirun(slurm_cluster, sweep_dir, *long_run, *TIME_LIMIT), sweep_dir)
         returned = summary(run_dir), slurm_cluster.queued()  # the moment the launcher returned
     record, queue = returned
     job_id = record["slurm_job_id"]
@@ -108,11 +124,11 @@ def test_a_time_limit_cuts_the_run_and_its_requeued_job_ends_it_bit_identically(
 
 
 def test_a_preempted_job_continues_from_the_checkpoint_of_its_sigterm(
-        slurm_cluster: Cluster, uninterrupted: Path, tmp_path: Path):
+        slurm_cluster: Cluster, long_run: list[str], uninterrupted: Path, tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
     run_dir = sweep_dir / RUN_NAME
     with watching(slurm_cluster, run_dir) as watch:
-        process = multirun(slurm_cluster, sweep_dir, *LONG_RUN)  # no time limit to speak of
+        process = multirun(slurm_cluster, sweep_dir, *long_run)  # no time limit to speak of
         deadline = time.monotonic() + 300
         while not (run_dir / "metrics.jsonl").exists() or len(logged_steps(run_dir)) < 2000:
             assert process.poll() is None and time.monotonic() < deadline, "the run did not start training"
@@ -128,10 +144,11 @@ def test_a_preempted_job_continues_from_the_checkpoint_of_its_sigterm(
     assert logged_steps(run_dir) == list(range(1, record["steps"] + 1))
 
 
-def test_a_cancelled_job_ends_the_wait_and_the_multirun_fails(slurm_cluster: Cluster, tmp_path: Path):
+def test_a_cancelled_job_ends_the_wait_and_the_multirun_fails(slurm_cluster: Cluster, long_run: list[str],
+                                                               tmp_path: Path):
     sweep_dir = tmp_path / "sweep"
     run_dir = sweep_dir / RUN_NAME
-    process = multirun(slurm_cluster, sweep_dir, *LONG_RUN)
+    process = multirun(slurm_cluster, sweep_dir, *long_run)
     deadline = time.monotonic() + 300
     while not (run_dir / "metrics.jsonl").exists():
         assert process.poll() is None and time.monotonic() < deadline, "the run did not start training"
@@ -147,7 +164,7 @@ def test_a_cancelled_job_ends_the_wait_and_the_multirun_fails(slurm_cluster: Clu
 
 
 def test_a_job_of_two_tasks_is_one_ddp_run_equal_to_torchrun(slurm_cluster: Cluster, tmp_path: Path):
-    short = ["trainer.threads=1", "trainer.progress=false", "trainer.device=cpu", "trainer.epochs=2"]
+    short = [*ONE_THREAD, "trainer.epochs=2"]
     sweep_dir = tmp_path / "sweep"
     output = finish(multirun(slurm_cluster, sweep_dir, *short, "hydra.launcher.tasks_per_node=2"), sweep_dir)
     run_dir = sweep_dir / RUN_NAME
