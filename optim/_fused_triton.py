@@ -20,11 +20,11 @@ and, when asked, :math:`\sum a\, b / (\sqrt v + \hat\epsilon)` over all tensors 
 
     p \leftarrow p + \frac{\alpha_g\, g + \alpha_m\, m}{\sqrt v + \hat\epsilon}.
 
-Each element of :math:`p, g, m, v` is read once and each of :math:`p, m, v` written once (fused
-Adam's seven passes over memory); the inner product stays in registers. Arithmetic is in float32
-(float64 for float64 tensors) with torch's rounding (square root and division to nearest) and
-one rounding on each store; the inner product is taken with the new :math:`m` and
-:math:`\sqrt v + \hat\epsilon` before they are rounded to the tensors' dtype.
+Each element of :math:`p, g, m, v` is read once and each of :math:`p, m, v` written once, the
+seven memory accesses of torch's fused Adam; the inner product adds none (it is summed in
+registers). Arithmetic is in float32 (float64 for float64 tensors) with torch's rounding (square
+root and division to nearest) and one rounding on each store; the inner product is taken with the
+new :math:`m` and :math:`\sqrt v + \hat\epsilon` before they are rounded to the tensors' dtype.
 
 One kernel launch per call covers all tensors (``_fused_triton_kernel.py``): a table of the
 tensors' addresses, sizes and decays, built on the host and copied to the device without waiting
@@ -91,9 +91,9 @@ def first_pass(
 
     ``dot=(a, b)`` with ``a, b`` in ``("grad", "exp_avg")`` returns
     :math:`\sum a\, b / (\sqrt v + \hat\epsilon)` over all tensors and elements as a 0-d float32
-    tensor on their device (float64 for float64 tensors), without waiting for it; ``dot=None``
-    returns ``None``. Raises ``ValueError`` for tensors the kernel cannot take (see
-    :func:`_check`).
+    tensor on their device (float64 for float64 tensors), without waiting for it (0 on the CPU
+    for empty lists); ``dot=None`` returns ``None``. Raises ``ValueError`` for tensors the kernel
+    cannot take (see :func:`_check`).
     """
     if len(decays) != len(params):
         raise ValueError(f"decays: {len(decays)} values for {len(params)} params")
@@ -123,7 +123,7 @@ def move(
     _launch(
         [params, grads, exp_avgs, exp_avg_sqs],
         [1.0] * len(params),
-        (0.0, 1.0, 0.0, eps_hat, alpha_grad, alpha_avg),
+        (0.0, 1.0, 0.0, eps_hat, alpha_grad, alpha_avg),  # a move reads no decay nor betas
         first_pass=False,
         dot=None,
     )
@@ -156,6 +156,8 @@ def _launch(
 
     from ._fused_triton_kernel import DTYPES, fused_step
 
+    if dtype not in DTYPES:
+        raise ValueError(f"params are {dtype}; the kernel takes {', '.join(map(str, DTYPES))}")
     on_cuda = device.type == "cuda"
     # Pinned, the copy is queued on the stream and the host goes on: no synchronisation.
     table = torch.tensor(rows + starts, dtype=torch.int64, pin_memory=on_cuda)

@@ -3,7 +3,9 @@ r"""The Triton kernel behind :mod:`optim._fused_triton` (which builds its table 
 One launch covers every tensor of a step. Program ``k`` of the grid works on ``BLOCK`` consecutive
 elements of one tensor: the tensor whose first block is the last at or before ``k`` (a binary
 search in the table's block starts), so a tensor of ``n`` elements gets ``ceil(n / BLOCK)``
-programs and no program straddles two tensors. Per element it reads :math:`p, g, m, v` once,
+programs and no program straddles two tensors; only a tensor's last block is masked, the others
+move 16 bytes per load and store when the host found every address aligned (``ALIGNED``). Per
+element it reads :math:`p, g, m, v` once,
 computes in ``COMPUTE`` (float32, or float64 for float64 tensors) and rounds once on each store:
 
 * ``FIRST_PASS``: :math:`m \leftarrow m + (1-\beta_1)(g - m)`,

@@ -254,6 +254,7 @@ def test_refuses_what_the_kernel_cannot_take():
     refused(lists, "decays: 1 values", decays=[1.0])
     refused(lists, r"dot: \('grad', 'params'\)", dot=("grad", "params"))
     refused([lists[0], lists[1], [lists[2][0].double(), lists[2][1]], lists[3]], r"exp_avgs\[0\] is torch.float64")
+    refused([[t.half() for t in tensors] for tensors in lists], "params are torch.float16")
     refused([lists[0], [lists[1][0], lists[1][1][:2]], lists[2], lists[3]], r"grads\[1\] has shape \(2,\)")
     strided = [[t.reshape(2, 3)[:, ::2] for t in tensors[:1]] for tensors in lists]
     refused(strided, r"params\[0\] has shape \(2, 2\) and strides \(3, 2\)")
