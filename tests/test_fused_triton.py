@@ -51,9 +51,8 @@ def run(request: pytest.FixtureRequest) -> Run:
         return lambda name, lists, **kwargs: interpreter.run(name, tuple(lists), **kwargs)
     require_real_cuda("the compiled Triton kernel")
     pytest.importorskip("triton")
-    if dtype := request.node.callspec.params.get("dtype"):
-        if dtype == torch.bfloat16:
-            require_bf16()
+    if request.node.callspec.params.get("dtype") == torch.bfloat16:
+        require_bf16()
     return lambda name, lists, **kwargs: call_counting_launches(name, tuple(on("cuda", lists)), kwargs)
 
 
@@ -126,7 +125,9 @@ def assert_near(actual: Tensor, exact: Tensor, scale: Tensor, dtype: torch.dtype
     bound = storage * exact.abs() + 8 * compute * scale
     error = (actual - exact).abs()
     worst = int((error - bound).argmax()) if error.numel() else 0
-    assert bool((error <= bound).all()), f"element {worst}: {actual[worst].item()!r}, exact {exact[worst].item()!r}"
+    assert bool((error <= bound).all()), (
+        f"element {worst}: {actual[worst].item()}, exact {exact[worst].item()}"
+    )
 
 
 def assert_matches(lists: list[list[Tensor]], expected: Expected, dtype: torch.dtype) -> None:
@@ -215,7 +216,8 @@ def test_unaligned_and_channels_last_tensors(run):
     and channels-last ones (dense, not contiguous)."""
     lists = step_tensors([BLOCK + 9, 2 * 3 * 5 * 7], torch.float32, seed=3)
     decays = [0.9, 0.8]
-    expected = reference(lists, decays, eps_hat=1e-8, alpha_grad=-0.5, alpha_avg=0.5, dot=("exp_avg", "exp_avg"))
+    operands = ("exp_avg", "exp_avg")
+    expected = reference(lists, decays, eps_hat=1e-8, alpha_grad=-0.5, alpha_avg=0.5, dot=operands)
     lists = [
         [torch.cat([torch.zeros(1), unaligned])[1:],
          weight.reshape(2, 3, 5, 7).contiguous(memory_format=torch.channels_last)]
@@ -223,7 +225,7 @@ def test_unaligned_and_channels_last_tensors(run):
     ]
     lists, dot, _ = run(
         "first_pass", lists, decays=decays, beta1=BETA1, beta2=BETA2, eps_hat=1e-8, alpha_grad=-0.5,
-        alpha_avg=0.5, dot=("exp_avg", "exp_avg"),
+        alpha_avg=0.5, dot=operands,
     )
     assert all(tensors[0].data_ptr() % 16 == 4 for tensors in lists)
     assert all(tensors[1].stride() == (105, 1, 21, 3) for tensors in lists)
@@ -253,7 +255,8 @@ def test_refuses_what_the_kernel_cannot_take():
     refused([lists[0], lists[1], lists[2], lists[3][:1]], "1 exp_avg_sqs")
     refused(lists, "decays: 1 values", decays=[1.0])
     refused(lists, r"dot: \('grad', 'params'\)", dot=("grad", "params"))
-    refused([lists[0], lists[1], [lists[2][0].double(), lists[2][1]], lists[3]], r"exp_avgs\[0\] is torch.float64")
+    mixed = [lists[0], lists[1], [lists[2][0].double(), lists[2][1]], lists[3]]
+    refused(mixed, r"exp_avgs\[0\] is torch.float64")
     refused([[t.half() for t in tensors] for tensors in lists], "params are torch.float16")
     refused([lists[0], [lists[1][0], lists[1][1][:2]], lists[2], lists[3]], r"grads\[1\] has shape \(2,\)")
     strided = [[t.reshape(2, 3)[:, ::2] for t in tensors[:1]] for tensors in lists]

@@ -19,8 +19,8 @@ import json, sys
 import torch
 by_torch = [name for name in {names!r} if name in sys.modules]
 import optim
-print(json.dumps({{"file": optim.__file__, "by_torch": by_torch,
-                   "by_optim": [name for name in {names!r} if name in sys.modules and name not in by_torch]}}))
+by_optim = [name for name in {names!r} if name in sys.modules and name not in by_torch]
+print(json.dumps({{"file": optim.__file__, "by_torch": by_torch, "by_optim": by_optim}}))
 """
 
 
