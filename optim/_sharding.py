@@ -9,19 +9,21 @@ losses are averaged (every rank evaluated its own batch) and inner products such
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 import torch.distributed as dist
 from torch import Tensor
 
-try:
-    from torch.distributed.tensor import DTensor, Shard
-except ImportError:  # builds without distributed support
-    DTensor = Shard = None  # type: ignore[assignment,misc]
-
 
 def is_sharded(tensor: Tensor) -> bool:
-    return DTensor is not None and isinstance(tensor, DTensor)
+    """Whether ``tensor`` is a ``DTensor``."""
+    # Importing torch.distributed.tensor costs 0.6 s (seconds on a busy machine) in every process,
+    # and a DTensor exists only once someone has imported it (fully_shard does): so it is looked up
+    # where that import left it, never imported here. A build without distributed support never
+    # has it.
+    dtensor = getattr(sys.modules.get("torch.distributed.tensor"), "DTensor", None)
+    return dtensor is not None and isinstance(tensor, dtensor)
 
 
 def local(tensor: Tensor) -> Tensor:
@@ -48,6 +50,8 @@ def check_sharding(params: Iterable[Tensor], process_group: dist.ProcessGroup | 
             "fully_shard to the root module as well (it shards the parameters left over), or "
             "give this optimizer only sharded parameters"
         )
+    from torch.distributed.tensor import Shard  # imported already: the parameters are DTensors
+
     group = process_group if process_group is not None else dist.group.WORLD
     group_size = dist.get_world_size(group)
     for p in sharded:
