@@ -128,11 +128,16 @@ def _load(device_type: str) -> ModuleType | str:
         if check is not None:
             check()
     except Exception as error:  # no compiler, a failed build, no Triton: foreach still works
-        return _first_line(error)
+        logger.debug("optim: the fused kernels for %s tensors cannot be had", device_type, exc_info=True)
+        return _summary(error)
     return module
 
 
-def _first_line(error: BaseException) -> str:
+REASON_CHARS = 200
+
+
+def _summary(error: BaseException) -> str:
+    """The error in a few words: its first line, shortened (the whole of it is logged at DEBUG)."""
     text = str(error).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first if len(first) <= REASON_CHARS else first[: REASON_CHARS - 3] + "..."

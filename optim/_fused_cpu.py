@@ -22,7 +22,9 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -130,7 +132,24 @@ def extensions_root() -> Path:
 
 
 def _compile(name: str, directory: Path) -> None:
-    from torch.utils import cpp_extension  # only to build: importing it costs time and may log
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"no C++ compiler ({compiler} not found: install one, or set CXX)")
+    if shutil.which("ninja") is None:
+        raise RuntimeError("torch builds extensions with ninja, which is not on PATH (pip install ninja)")
+    # torch's own warnings while it builds (where CUDA is, which compiler it prefers) concern
+    # neither this CPU kernel nor its user, who hears of a failed build in one line instead.
+    torch_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.ERROR)
+    try:
+        _build_with_torch(name, directory)
+    finally:
+        torch_logger.setLevel(level)
+
+
+def _build_with_torch(name: str, directory: Path) -> None:
+    from torch.utils import cpp_extension  # only to build: importing it costs time
 
     if "FileBaton" in vars(cpp_extension):
         # A torch whose build waits on a lock *file* (FileBaton; later ones take an OS lock): a

@@ -103,7 +103,7 @@ class StepTensors:
     weight_decays: list[float] = field(default_factory=list)  # of each tensor's param group
 
     def decays(self, step_size: float) -> list[float] | None:
-        """Decoupled weight decay's factors :math:`1 - wd\,\eta`, one per tensor (``None`` when no
+        r"""Decoupled weight decay's factors :math:`1 - wd\,\eta`, one per tensor (``None`` when no
         group decays)."""
         if not any(self.weight_decays):
             return None
@@ -112,7 +112,7 @@ class StepTensors:
 
 @dataclass(frozen=True)
 class StepStart:
-    """What a step asks of its first pass over the tensors, besides updating the moments.
+    r"""What a step asks of its first pass over the tensors, besides updating the moments.
 
     Attributes:
         decays: per tensor, :math:`\theta \leftarrow` ``decays[i]`` :math:`\theta` first (``None``: none).
@@ -337,7 +337,7 @@ class ReleasedAdamDirection(AdamDirection):
         self._precond: list[Tensor] | None = None
 
     def begin_step(self, t: StepTensors, start: StepStart, grad_sq: Tensor) -> tuple[Tensor, float] | None:
-        """The release's moment update and gradient term :math:`\langle g, d\rangle` (a search
+        r"""The release's moment update and gradient term :math:`\langle g, d\rangle` (a search
         asks for no other inner product)."""
         for g, state in zip(t.grads, t.states):
             state["exp_avg_sq"].copy_((1 - self.beta2) * (g**2) + self.beta2 * state["exp_avg_sq"])
@@ -423,8 +423,8 @@ class FusedAdamDirection(AdamPreconditioner):
             _fused.move(*_lists(t, part), eps_hat=self._eps_hat(t), alpha_grad=alpha_grad, alpha_avg=alpha_avg)
 
     def _alphas(self, t: StepTensors, moves: Moves) -> tuple[float, float]:
-        """The kernels' ``alpha_grad`` and ``alpha_avg`` of ``moves``: the scales of :math:`P g`
-        and :math:`P \\hat m` ride on them."""
+        r"""The kernels' ``alpha_grad`` and ``alpha_avg`` of ``moves``: the scales of :math:`P g`
+        and :math:`P \hat m` ride on them."""
         return (
             moves.get("gradient", 0.0) * self._scale(t, "gradient"),
             moves.get("momentum", 0.0) * self._scale(t, "momentum"),
