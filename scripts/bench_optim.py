@@ -86,7 +86,7 @@ from optim.directions import StepTensors, inner
 from optim.presets import paper_optimizer
 
 SEED = 0
-BASELINE = "Adam (fused)"
+BASELINE = "Adam (fused)"  # the default --baseline
 OURS = "SaLSA (fused)"
 OURS_FOREACH = "SaLSA (foreach)"
 REFERENCE = "SaLSA (reference)"
@@ -268,8 +268,8 @@ def salsa_with_check_twice(params: Iterable[nn.Parameter]) -> optim.SaLSA:
 ATTRIBUTION = {f"{OURS}, finiteness check x2": salsa_with_check_twice}
 
 
-def adam(**kwargs: Any) -> Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]:
-    return lambda params: torch.optim.Adam(params, lr=1e-3, **kwargs)
+def adam(cls: type[torch.optim.Optimizer] = torch.optim.Adam, **kwargs: Any) -> Callable[..., torch.optim.Optimizer]:
+    return lambda params: cls(params, lr=1e-3, **kwargs)
 
 
 # The Adam-direction searches, each on both paths: (name, builder of the optimizer given `fused`).
@@ -282,13 +282,14 @@ ADAM_SEARCHES: list[tuple[str, Callable[..., torch.optim.Optimizer]]] = [
 
 
 def optimizer_specs(device: torch.device, attribute: bool = False) -> list[OptimizerSpec]:
-    """Fused Adam (the baseline, first in every round), Adam with foreach ops and at torch's
-    default; the Adam-direction searches on the fused path (where ``device`` has the kernels)
+    """Fused Adam (the default baseline, first in every round), fused AdamW (its weight decay at
+    torch's default), Adam with foreach ops and at torch's default; the Adam-direction searches on the fused path (where ``device`` has the kernels)
     and on the foreach path; SLS at its defaults (SGD direction); when ``salsa-optimizer`` is
     installed, the released SaLSA. ``attribute`` adds SaLSA (fused) taking the finiteness check
     of the gradient twice: its excess minus SaLSA's is what that pass costs where it runs."""
     specs = [
-        OptimizerSpec(BASELINE, adam(fused=True), adam_step),
+        OptimizerSpec("Adam (fused)", adam(fused=True), adam_step),
+        OptimizerSpec("AdamW (fused)", adam(torch.optim.AdamW, fused=True), adam_step),
         OptimizerSpec("Adam (foreach)", adam(foreach=True), adam_step),
         OptimizerSpec("Adam", adam(), adam_step),
     ]
@@ -464,9 +465,11 @@ def synchronizer(device: torch.device) -> Sync:
 
 
 def bench_workload(
-    workload: Workload, specs: list[OptimizerSpec], device: torch.device, steps: int, block: int, runs: int
+    workload: Workload, specs: list[OptimizerSpec], device: torch.device, steps: int, block: int, runs: int,
+    baseline: str = BASELINE,
 ) -> dict:
-    """``runs`` interleaved runs of every contender, each from the same model on fresh copies."""
+    """``runs`` interleaved runs of every contender, each from the same model on fresh copies;
+    each block compared with the ``baseline`` block of its round."""
     torch.manual_seed(SEED)
     model = workload.build().to(device).train()
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -477,7 +480,7 @@ def bench_workload(
     for run in range(runs):
         contenders = [make_contender(spec, model, batch, sync) for spec in specs]
         blocks = run_interleaved(contenders, steps, block, sync)
-        baselines = {b.round: b for b in blocks if b.optimizer == BASELINE}
+        baselines = {b.round: b for b in blocks if b.optimizer == baseline}
         measured = [b for b in blocks if b.round > 0]  # round 0 is the warm-up
         stats = {(b.round, b.optimizer): block_stats(b, baselines[b.round]) for b in measured}
         summary = {}
@@ -518,6 +521,7 @@ def table_row(cells: Iterable[object]) -> str:
 
 
 def markdown(results: dict[str, dict], meta: dict[str, Any]) -> str:
+    baseline = meta.get("baseline", BASELINE)
     runs = meta.get("runs", 1)
     setting = (
         f"torch {meta['torch']}, {meta['threads']} threads, {meta['steps']} steps per optimizer in "
@@ -535,7 +539,7 @@ def markdown(results: dict[str, dict], meta: dict[str, Any]) -> str:
         setting += " Allocator settings: " + ", ".join(f"{k}={v}" for k, v in meta["allocator"].items()) + "."
     definition = (
         "Excess: median over blocks of [median over steps of (step time - own trial forwards) - t_Adam], "
-        f"t_Adam = median {BASELINE} step time of the same round."
+        f"t_Adam = median {baseline} step time of the same round."
     )
     lines = [
         f"# Optimizer step cost on {meta['device']} ({meta['device_name']})",
@@ -553,7 +557,7 @@ def markdown(results: dict[str, dict], meta: dict[str, Any]) -> str:
                 if len(s.get("runs", [])) > 1 else ""
             )
             excess_cells = (
-                ["baseline"] * 2 if name == BASELINE
+                ["baseline"] * 2 if name == baseline
                 else [f"{s['excess_ms']:.2f}", f"{s['excess_pct']:.1f}%{per_run}"]
             )
             memory = f"{s['memory_mb']:.1f} MB ({s['memory_x_params']:.2f}x)"
@@ -636,8 +640,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--runs", type=int, default=1, help="interleaved runs per workload (medians over runs)")
     parser.add_argument(
-        "--optimizers", help=f"comma-separated names of the rows to run ({BASELINE} always runs; default: all)"
+        "--optimizers", help="comma-separated names of the rows to run (the baseline always runs; default: all)"
     )
+    parser.add_argument("--baseline", default=BASELINE, help=f"the row excesses are measured from ({BASELINE})")
     parser.add_argument(
         "--cold-build", action="store_true",
         help="compile the fused CPU kernel into a fresh directory first, to time its first use",
@@ -687,12 +692,18 @@ def main(argv: list[str] | None = None) -> None:
     with reported("the fused kernel (built on first use on this machine)"):
         kernel = kernel_meta(device)
     specs = optimizer_specs(device, args.attribute)
+    wanted = {args.baseline, *(args.optimizers.split(",") if args.optimizers else [])}
+    missing = wanted - {spec.name for spec in specs}
+    no_kernel = {name for name in missing if name.endswith(" (fused)") and name != args.baseline
+                 and any(name == f"{search} (fused)" for search, _ in ADAM_SEARCHES)}
+    if missing - no_kernel:
+        sys.exit(f"bench_optim: unknown optimizers {sorted(missing - no_kernel)}; "
+                 f"choose from {[spec.name for spec in specs]}")
+    if no_kernel:
+        print(f"bench_optim: left out {sorted(no_kernel)}: {kernel['reason']}", file=sys.stderr)
     if args.optimizers:
-        wanted = {BASELINE, *args.optimizers.split(",")}
-        unknown = sorted(wanted - {spec.name for spec in specs})
-        if unknown:
-            sys.exit(f"bench_optim: unknown optimizers {unknown}; choose from {[spec.name for spec in specs]}")
         specs = [spec for spec in specs if spec.name in wanted]
+    specs.sort(key=lambda spec: spec.name != args.baseline)  # the baseline first in the first round
     meta = {
         "torch": torch.__version__,
         "device": args.device,
@@ -701,6 +712,8 @@ def main(argv: list[str] | None = None) -> None:
         "steps": args.steps,
         "block": args.block,
         "runs": args.runs,
+        "baseline": args.baseline,
+        "searches": [name for name, _ in ADAM_SEARCHES],  # each a "(fused)" and a "(foreach)" row
         "fused_kernel": kernel,
         "optimizers": [spec.name for spec in specs],
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -710,7 +723,9 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, dict] = {}
     for name in args.workloads:
         with reported(f"{name}: {args.runs} x {args.steps} steps x {len(specs)} optimizers"):
-            results[name] = bench_workload(WORKLOADS[name], specs, device, args.steps, args.block, args.runs)
+            results[name] = bench_workload(
+                WORKLOADS[name], specs, device, args.steps, args.block, args.runs, args.baseline
+            )
         meta["load_average_end"] = os.getloadavg()
         table = write_report(args.out, meta, results)  # after every workload: a long run may be cut short
     print(table)
