@@ -14,6 +14,13 @@ One step, for a direction with vectors :math:`d_\text{search}` and :math:`d_\tex
     else:
         theta <- theta0 - eta d_momentum
 
+Decoupled weight decay (theta <- theta (1 - wd eta_prev)) comes before the first move. eta, whether
+a search is due and the decay are all known before <g, d> is, so the step hands them to the
+direction with the moment update (:class:`~optim.directions.StepStart`): a fused direction makes the
+decay, the first trial move (or the whole step, when no search is due) and the inner product in
+that one pass over memory, and the later moves (backtracks, the step along the momentum, the rare
+undoing) each in one more.
+
 :class:`SearchRule` holds every knob in which SaLSA, SLS, the released ``salsa-optimizer`` and
 the paper's as-run variants differ, built by each class from its param groups' hyperparameters;
 :class:`LineSearchOptimizer` runs the loop. The search's state (step size, EMAs, speed-up
@@ -441,7 +448,6 @@ class LineSearchOptimizer(ClosureOptimizer):
         loss, loss0, grad_sq, grad_sq_value, t = self._first_evaluation(search, evaluate, grad_scaler)
         if t is None:
             return loss  # non-finite L0 or gradient: parameters and moments untouched
-        group = self.group_for_decisions
         eta = rule.initial_step_size(search["step_size"])
         searching = self._search_due(search, rule)
         # Everything the first pass over the tensors needs is known before <g, d> is: the decay
@@ -455,11 +461,28 @@ class LineSearchOptimizer(ClosureOptimizer):
             start = StepStart(decays, {"momentum": -moved})
         position = _Position(direction, t, rule.trials_restart_from_start, start)
         term = direction.begin_step(t, start, grad_sq)
-        if not searching:
+        if searching:
+            self._search(search, rule, evaluate, position, term, grad_sq, grad_sq_value, loss0, eta)
+        else:
             position.go_to(-moved, "momentum")  # already there if the first pass moved theta
-            self._set_lr(search["step_size"])
-            return loss
+        self._set_lr(search["step_size"])
+        return loss
 
+    def _search(
+        self,
+        search: dict[str, Any],
+        rule: SearchRule,
+        evaluate: LossEvaluator,
+        position: _Position,
+        term: tuple[Tensor, float],
+        grad_sq: Tensor,
+        grad_sq_value: float,
+        loss0: float,
+        eta: float,
+    ) -> None:
+        """A step that searches: the test's gradient term from the first pass's inner product
+        ``term``, then the guard and the trials; leaves theta at the step and eta stored."""
+        group = self.group_for_decisions
         local_term, factor = term
         if local_term is grad_sq:  # ||g||^2 (the SGD direction): read with L0 already
             grad_term = grad_sq_value * factor
@@ -475,7 +498,7 @@ class LineSearchOptimizer(ClosureOptimizer):
             # moved them); the moments have seen g already.
             position.back_to_start()
             search["n_skipped"] += 1
-            return loss
+            return
         search["avg_grad_term"] = test_term
 
         if rule.guard_blocks(loss0, test_term, math.sqrt(grad_sq_value)):
@@ -494,8 +517,6 @@ class LineSearchOptimizer(ClosureOptimizer):
         search["step_size"] = eta
         search["avg_step_size_slow"] = search["avg_step_size_slow"] * 0.99 + eta * (1 - 0.99)
         search["avg_step_size_fast"] = search["avg_step_size_fast"] * 0.9 + eta * (1 - 0.9)
-        self._set_lr(search["step_size"])
-        return loss
 
     @staticmethod
     def _backtrack(
