@@ -40,6 +40,7 @@ SOURCE = Path(__file__).parent / "csrc" / "fused_search.cpp"
 # -fno-math-errno lets sqrt vectorise (nothing reads errno); no -ffast-math, which would reorder
 # the sums and change how NaN and inf propagate.
 CFLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math") if os.name != "nt" else ("/O2",)
+logger = logging.getLogger(__name__)
 _DOTS = {("grad", "grad"): 1, ("grad", "exp_avg"): 2, ("exp_avg", "grad"): 2, ("exp_avg", "exp_avg"): 3}
 
 
@@ -106,10 +107,12 @@ def build() -> Build:
         directory.mkdir(parents=True, exist_ok=True)
         with _exclusive(directory.parent / f"{name}.lock"):
             if not done.exists():  # another process may have built it while this one waited
+                logger.info("optim: compiling the fused CPU kernel into %s (once per machine)", directory)
                 _compile(name, directory)
                 _import(name, library)
                 done.touch()
                 compiled = True
+                logger.info("optim: compiled the fused CPU kernel in %.0f s", time.perf_counter() - start)
     return Build(_import(name, library), library, compiled, time.perf_counter() - start)
 
 

@@ -226,16 +226,15 @@ class AdamDirection(AdamPreconditioner):
 
     def begin_step(self, t: StepTensors, start: StepStart, grad_sq: Tensor) -> tuple[Tensor, float] | None:
         """Update the moments with this step's gradient (group by group, see :func:`cache_groups`);
-        return ``start.inner`` as ``(inner product, s)``, the product taken with the direction
-        built in the buffer (see :meth:`direction_and_inner`). ``start``'s decay and moves are
-        left to the caller."""
+        return ``start.inner`` as ``(inner product, s)``, the product taken group by group as the
+        direction is built in the buffer (up to its scale ``s``, see :meth:`_scale`). ``start``'s
+        decay and moves are left to the caller."""
         self._update_moments(t)
         if start.inner is None:
             return None
         x, along = start.inner
-        others = t.grads if x == "grad" else [s["exp_avg"] for s in t.states]
-        _, scale, dot = self.direction_and_inner(t, along, others)
-        return dot, scale
+        dots = self._build(t, along, t.grads if x == "grad" else [s["exp_avg"] for s in t.states])
+        return (_sum(dots) if dots else torch.zeros(())), self._scale(t, along)
 
     def _update_moments(self, t: StepTensors) -> None:
         if len(self._buffer) != len(t.params) or any(
@@ -273,7 +272,7 @@ class AdamDirection(AdamPreconditioner):
                 self._fill_denominator(t, group)
             yield group
 
-    def _build(self, t: StepTensors, along: Along, dot_with: list[Tensor] | None) -> list[Tensor]:
+    def _build(self, t: StepTensors, along: Along, dot_with: list[Tensor]) -> list[Tensor]:
         """Fill the buffer with the direction along ``along`` up to its scale (three passes, one
         if it holds the denominator); return its per-tensor inner products with ``dot_with``,
         taken group by group while the group is in cache."""
@@ -283,27 +282,9 @@ class AdamDirection(AdamPreconditioner):
             buffer = self._buffer[group]
             for b, x in zip(buffer, numerators[group]):
                 torch.div(x, b, out=b)
-            if dot_with is not None:
-                dots += _dots(dot_with[group], buffer)
+            dots += _dots(dot_with[group], buffer)
         self._buffer_holds = along
         return dots
-
-    def direction(self, t: StepTensors, along: Along) -> tuple[list[Tensor], float]:
-        r""":math:`P g` or :math:`P \hat m` for this step as ``(buffer, s)``, the vector being
-        ``s * buffer`` (see :meth:`_scale`)."""
-        if self._buffer_holds != along:
-            self._build(t, along, None)
-        return self._buffer, self._scale(t, along)
-
-    def direction_and_inner(
-        self, t: StepTensors, along: Along, others: list[Tensor]
-    ) -> tuple[list[Tensor], float, Tensor]:
-        r""":meth:`direction` and :math:`\langle` ``others``, buffer :math:`\rangle` (without
-        the scale ``s``), the inner product taken as the direction is built."""
-        if self._buffer_holds == along:
-            return self._buffer, self._scale(t, along), inner(others, self._buffer)
-        dots = self._build(t, along, others)
-        return self._buffer, self._scale(t, along), _sum(dots) if dots else torch.zeros(())
 
     def move(self, t: StepTensors, moves: Moves) -> None:
         r""":math:`\theta \leftarrow \theta + \alpha\, P x` for each entry of ``moves`` in turn."""

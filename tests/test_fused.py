@@ -216,6 +216,25 @@ def test_without_a_compiler_a_new_process_trains_on_foreach_after_one_line(tmp_p
     assert len(notices) == 1, done.stderr
 
 
+@pytest.mark.slow
+def test_processes_that_start_together_build_the_kernel_once(tmp_path):
+    """Three processes (DDP ranks, say) on an empty extensions cache: one compiles, the others
+    wait for it and load its build; a fourth, later, loads it without the compiler."""
+    program = "from optim import _fused_cpu; print(_fused_cpu.build().compiled)"
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "PYTHONPATH": str(Path(__file__).parents[1])}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", program], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+        for _ in range(3)
+    ]
+    outputs = [process.communicate(timeout=900) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0, 0], [err for _, err in outputs]
+    assert sorted(out.strip() for out, _ in outputs) == ["False", "False", "True"]
+    later = subprocess.run([sys.executable, "-c", program], env={**env, "CXX": str(tmp_path / "none")},
+                           capture_output=True, text=True, timeout=300)
+    assert later.stdout.strip() == "False", later.stderr
+
+
 @pytest.mark.parametrize("make", [
     lambda p: SaLSA(p, as_released=True, fused=True),
     lambda p: SaLSA(p, direction="sgd", fused=True),
@@ -513,3 +532,68 @@ def test_a_state_dict_written_before_fused_existed_continues_on_foreach():
     fresh = SaLSA(model.parameters())
     fresh.load_state_dict(old)
     assert fresh.param_groups[0]["fused"] is False and type(fresh.direction) is AdamDirection
+
+
+# -- FSDP2: the kernels on the local shards, the inner product summed over the ranks ---------------
+
+
+FSDP_VARIANTS = ("salsa", "adamsls", "sls_adam")
+
+
+def _fsdp_worker(rank: int, port: int, out_dir: str) -> None:
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.nn import functional as F
+
+    from ranks import loopback_env
+    from test_distributed import WORLD_SIZE, _data, _model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), **loopback_env())
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=60))
+    try:
+        mesh = init_device_mesh("cpu", (WORLD_SIZE,))
+        x, y = _data(rank)
+        results = {}
+        for name in FSDP_VARIANTS:
+            for fused in (True, False):
+                model = _model()
+                fully_shard(model, mesh=mesh, reshard_after_forward=True)
+                opt = VARIANTS[name](list(model.parameters()), fused)
+                decisions = []
+                for i in range(15):
+                    if i % 5 == 4:
+                        settle(opt)
+                    opt.zero_grad()
+                    opt.step(model_closure(model, x, y))
+                    d = opt.diagnostics
+                    decisions.append((d.step_size, d.n_forwards, d.n_backtracks, d.n_searches))
+                full = torch.cat([p.full_tensor().reshape(-1) for p in model.parameters()])  # collective
+                results[name, fused] = {"decisions": decisions, "params": full,
+                                        "direction": type(opt.direction).__name__}
+        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp2_shards_take_the_foreach_paths_decisions(tmp_path):
+    import torch.distributed as dist
+
+    from ranks import free_port, run_ranks
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("needs torch.distributed with gloo")
+    ranks = run_ranks(_fsdp_worker, (free_port(), str(tmp_path)), 2, 180.0, tmp_path)
+    for name in FSDP_VARIANTS:
+        fused, foreach = ranks[0][name, True], ranks[0][name, False]
+        assert (fused["direction"], foreach["direction"]) == ("FusedAdamDirection", "AdamDirection")
+        assert fused["decisions"] == foreach["decisions"], name
+        assert fused["decisions"][-1][2] > 0  # the searches backtracked
+        torch.testing.assert_close(fused["params"], foreach["params"], rtol=1e-4, atol=1e-5)
+        for rank in ranks[1:]:  # every rank took the same decisions and holds the same model
+            assert rank[name, True]["decisions"] == fused["decisions"]
+            assert torch.equal(rank[name, True]["params"], fused["params"])
