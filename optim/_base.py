@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ._checks import check_positive
-from ._checkpoints import from_release_0_1_0
+from ._checkpoints import from_release_0_1_0, with_settings_added_since
 from ._evaluation import LossEvaluator, default_process_group, host_floats
 from ._sharding import check_sharding, local
 from .diagnostics import Diagnostics
@@ -84,14 +84,16 @@ class ClosureOptimizer(torch.optim.Optimizer):
         Its settings must be those of the groups already there; it takes on their search state."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        self._configured = None  # the direction is chosen for the parameters' devices too
         try:
             self._check_dtypes(group)
             check_positive("weight_decay", group["weight_decay"], zero=True)
             if len(self.param_groups) > 1:
                 self._check_agreement(group, self._setting_keys)
             _, direction = self._configuration(group)
-        except ValueError:
+        except (ValueError, RuntimeError):  # RuntimeError: fused=True where no kernel can be had
             self.param_groups.pop()
+            self._configured = None
             raise
         if len(self.param_groups) == 1:
             state = self._initial_state(group)
@@ -163,8 +165,13 @@ class ClosureOptimizer(torch.optim.Optimizer):
 
     @property
     def direction(self) -> Any:
-        """The direction object of the current settings (its scratch buffer included)."""
+        """The direction object of the current settings (the foreach one's scratch buffer included)."""
         return self._configuration(self.param_groups[0])[1]
+
+    def _device_types(self) -> set[str]:
+        """The device types of the parameters (of their shards, for FSDP2), which decide where a
+        fused path can run."""
+        return {p.device.type for group in self.param_groups for p in group["params"]}
 
     def _init_param_states(self, params: Any, direction: Any) -> None:
         for p in params:
@@ -174,12 +181,15 @@ class ClosureOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict`` (the checkpoint's hyperparameters and state win); reads the
-        layout of version 0.1.0 as well (see :func:`~optim._checkpoints.from_release_0_1_0`).
+        layout of version 0.1.0 as well (see :func:`~optim._checkpoints.from_release_0_1_0`), and
+        state dicts written before ``fused`` existed continue on the foreach ops they ran on
+        (see :func:`~optim._checkpoints.with_settings_added_since`).
 
         Refuses (``ValueError``, nothing loaded) a state dict of another optimizer class (its
         groups' entries are not this class's), one whose hyperparameters this class rejects, and
         one whose per-parameter tensors do not have the shapes of the parameters they would
         belong to (another model): each would otherwise fail only at the next step."""
+        state_dict = with_settings_added_since(state_dict)
         state_dict = from_release_0_1_0(state_dict, self.release_0_1_0_key, self.param_groups)
         self._check_loadable(state_dict)
         super().load_state_dict(state_dict)
@@ -232,12 +242,14 @@ class ClosureOptimizer(torch.optim.Optimizer):
         if any(p.grad.is_sparse for p in with_grad):
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         states = [self.state[p] for p in with_grad]
+        weight_decays = [group["weight_decay"] for group in self.param_groups for p in group["params"]
+                         if p.grad is not None]
         if self.sharded:
             params, grads = [local(p) for p in with_grad], [local(p.grad) for p in with_grad]
             # This rank's shards of the moments: writing to them writes the DTensors.
             states = [{key: local(value) for key, value in state.items()} for state in states]
-            return StepTensors(params, grads, states, step)
-        return StepTensors(with_grad, [p.grad for p in with_grad], states, step)
+            return StepTensors(params, grads, states, step, weight_decays)
+        return StepTensors(with_grad, [p.grad for p in with_grad], states, step, weight_decays)
 
     def _first_evaluation(
         self, search: dict[str, Any], evaluate: LossEvaluator, grad_scaler: torch.amp.GradScaler | None
@@ -267,15 +279,6 @@ class ClosureOptimizer(torch.optim.Optimizer):
     def group_for_decisions(self) -> dist.ProcessGroup | None:
         """The process group whose ranks must agree (``None`` on a single rank)."""
         return default_process_group(self.process_group)
-
-    def _decay_weights(self, step_size: float) -> None:
-        """Decoupled weight decay, per group: theta <- theta (1 - wd * step_size)."""
-        for group in self.param_groups:
-            wd = group["weight_decay"]
-            if wd:
-                decayed = [local(p) for p in group["params"] if p.grad is not None]
-                if decayed:
-                    torch._foreach_mul_(decayed, 1.0 - wd * step_size)
 
     def _set_lr(self, step_size: float) -> None:
         """Mirror the current step size into every group's ``lr`` for LR monitors (read by nothing

@@ -11,6 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
+# Hyperparameters added after state dicts were written without them, with the value that
+# continues such a run as it ran: until ``fused`` existed the searches ran foreach ops only, and
+# a resumed run continues bit for bit on them (set the groups' ``fused`` to change path).
+SETTINGS_ADDED = {"fused": False}
+
+
+def with_settings_added_since(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with each entry of :data:`SETTINGS_ADDED` its param groups lack."""
+    groups = state_dict["param_groups"]
+    if all(SETTINGS_ADDED.keys() <= group.keys() for group in groups):
+        return state_dict
+    return {**state_dict, "param_groups": [{**SETTINGS_ADDED, **group} for group in groups]}
+
 
 def from_release_0_1_0(
     state_dict: dict[str, Any], key: str, groups: list[dict[str, Any]]

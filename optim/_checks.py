@@ -49,3 +49,10 @@ def check_moments(betas: Any, eps: Any) -> None:
     for i, beta in enumerate(betas):
         check_unit(f"betas[{i}]", beta, closed_low=True)
     check_positive("eps", eps)
+
+
+def check_fused(value: Any) -> None:
+    """``fused`` as in ``torch.optim``: ``None`` (the fastest path available), ``True`` (the fused
+    kernels or an error) or ``False`` (foreach ops)."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(f"fused must be None, True or False, got {type(value).__name__} {value!r}")

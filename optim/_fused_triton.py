@@ -73,6 +73,14 @@ def available(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+
+def ready() -> None:
+    """Raise ``RuntimeError`` with :func:`available`'s reason when the current CUDA device cannot
+    run the kernels (``optim._fused`` asks once per process, then takes the foreach path)."""
+    reason = available(torch.device("cuda", torch.cuda.current_device()), torch.float32)
+    if reason is not None:
+        raise RuntimeError(reason)
+
 def first_pass(
     params: list[Tensor],
     grads: list[Tensor],

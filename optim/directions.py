@@ -1,7 +1,9 @@
 r"""Search directions shared by the line searches: plain gradient and Adam-preconditioned.
 
 A direction owns the per-parameter state it needs (Adam's moments), turns the gradient into the
-vectors a search moves along, and moves all parameters at once with ``torch._foreach_*`` ops.
+vectors a search moves along, and moves all parameters at once: with ``torch._foreach_*`` ops
+(:class:`SGDDirection`, :class:`AdamDirection`) or with the fused kernels of
+:mod:`optim._fused` (:class:`FusedAdamDirection`, one pass over memory per move and no buffer).
 Two vectors can be asked for:
 
 * ``"gradient"`` — :math:`P g` (the preconditioned gradient; :math:`g` for SGD),
@@ -9,20 +11,32 @@ Two vectors can be asked for:
   no moments, as in the authors' ``sgdsls``),
 
 with :math:`P = 1/(\sqrt{\hat v} + \epsilon)`, :math:`\hat m = m/(1-\beta_1^t)`,
-:math:`\hat v = v/(1-\beta_2^t)`. A move is :math:`\theta \leftarrow \theta + \alpha\, d`.
+:math:`\hat v = v/(1-\beta_2^t)`. A move is :math:`\theta \leftarrow \theta + \sum \alpha\, d`
+over one or both vectors (:data:`Moves`).
+
+A step starts with :meth:`begin_step`, given a :class:`StepStart`: the moments take in the
+gradient, and the inner product the search needs is returned. The step also says there where
+its first move goes (the weight decay, then the first trial point, or the step of a skipped
+search): a direction that ``carries_first_moves`` makes that move in the same pass, the others
+leave it to the caller (the line search's ``_Position``).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from . import _fused
+
 Along = Literal["gradient", "momentum"]
+# theta <- theta + sum over the entries of alpha * d_along, applied in the mapping's order.
+Moves = dict[Along, float]
+Vector = Literal["grad", "exp_avg"]  # g or m, as the fused kernels name them
 
 
 def inner(xs: list[Tensor], ys: list[Tensor]) -> Tensor:
@@ -86,6 +100,44 @@ class StepTensors:
     grads: list[Tensor]
     states: list[dict]  # with the moments (see init_moments) of the local tensors
     step: int  # 1-based count of steps taken with this state
+    weight_decays: list[float] = field(default_factory=list)  # of each tensor's param group
+
+    def decays(self, step_size: float) -> list[float] | None:
+        r"""Decoupled weight decay's factors :math:`1 - wd\,\eta`, one per tensor (``None`` when no
+        group decays)."""
+        if not any(self.weight_decays):
+            return None
+        return [1.0 - wd * step_size for wd in self.weight_decays]
+
+
+@dataclass(frozen=True)
+class StepStart:
+    r"""What a step asks of its first pass over the tensors, besides updating the moments.
+
+    Attributes:
+        decays: per tensor, :math:`\theta \leftarrow` ``decays[i]`` :math:`\theta` first (``None``: none).
+        moves: then the move to the step's first point (the first trial, or the whole step when
+            no search runs), relative to the decayed :math:`\theta_0`.
+        inner: ``(x, along)`` asks for :math:`\langle x, d_\text{along}\rangle`, ``x`` being
+            ``"grad"`` (g) or ``"exp_avg"`` (m), both after the update; ``None``: none.
+    """
+
+    decays: list[float] | None = None
+    moves: Moves = field(default_factory=dict)
+    inner: tuple[Vector, Along] | None = None
+
+
+def rescale(tensors: list[Tensor], factors: list[float], divide: bool = False) -> None:
+    """``tensors[i] *= factors[i]`` (or ``/=``), one foreach op per run of equal factors; factors
+    of 1 are skipped. Decoupled weight decay, and its undoing on a step that is skipped after
+    all."""
+    op = torch._foreach_div_ if divide else torch._foreach_mul_
+    start = 0
+    for end in range(1, len(tensors) + 1):
+        if end == len(tensors) or factors[end] != factors[start]:
+            if factors[start] != 1.0:
+                op(tensors[start:end], factors[start])
+            start = end
 
 
 class SGDDirection:
@@ -93,26 +145,27 @@ class SGDDirection:
 
     name = "sgd"
     keeps_moments = False
+    carries_first_moves = False
 
-    def begin_step(self, t: StepTensors) -> None:
-        """Nothing to update: the gradient is the direction."""
+    def begin_step(self, t: StepTensors, start: StepStart, grad_sq: Tensor) -> tuple[Tensor, float] | None:
+        r"""Nothing to update (the gradient is the direction); :math:`\langle g, d\rangle = \|g\|^2`
+        (already computed by the caller), factor 1."""
+        return None if start.inner is None else (grad_sq, 1.0)
 
-    def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> tuple[Tensor, float]:
-        r""":math:`\langle g, d\rangle = \|g\|^2` (already computed by the caller), factor 1."""
-        return grad_sq, 1.0
-
-    def move(self, t: StepTensors, alpha: float, along: Along) -> None:
-        torch._foreach_add_(t.params, t.grads, alpha=alpha)
+    def move(self, t: StepTensors, moves: Moves) -> None:
+        for alpha in moves.values():
+            torch._foreach_add_(t.params, t.grads, alpha=alpha)
 
 
-class AdamDirection:
-    r"""Adam's preconditioner with bias-corrected moments.
+class AdamPreconditioner:
+    r"""Adam's preconditioner with bias-corrected moments: the maths both ways of computing it
+    share (:class:`AdamDirection` with foreach ops and a buffer, :class:`FusedAdamDirection` with
+    fused kernels and none).
 
     Per step: :math:`m \leftarrow \beta_1 m + (1-\beta_1) g`,
-    :math:`v \leftarrow \beta_2 v + (1-\beta_2) g^2`. One reusable parameter-sized buffer holds
-    either a direction (up to a scalar factor), so that moving between trial points is a single
-    foreach add, or the preconditioner's denominator, which a move along a vector not built
-    divides by on the fly.
+    :math:`v \leftarrow \beta_2 v + (1-\beta_2) g^2`, and
+    :math:`P x = s\, x / (\sqrt v + \hat\epsilon)` with :math:`\hat\epsilon = \epsilon \sqrt{bc_2}`
+    and the scale :math:`s` of :meth:`_scale`.
     ``bias_correction_offset=1`` reproduces the released SaLSA's off-by-one (it corrects with
     :math:`t+1` where :math:`t` already counts the current step).
     """
@@ -129,18 +182,61 @@ class AdamDirection:
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.bias_correction_offset = bias_correction_offset
+
+    def _corrections(self, step: int) -> tuple[float, float]:
+        t = max(1, step + self.bias_correction_offset)
+        return 1.0 - self.beta1**t, 1.0 - self.beta2**t
+
+    def _scale(self, t: StepTensors, along: Along) -> float:
+        r"""The factor :math:`s` with :math:`P x = s\, x / (\sqrt v + \epsilon \sqrt{bc_2})`:
+        :math:`\sqrt{bc_2}` for :math:`x = g`, :math:`\sqrt{bc_2}/bc_1` for :math:`x = m`
+        (then :math:`P \hat m`). It rides on the ``alpha`` of a move or on an inner product
+        instead of costing a pass over memory."""
+        bc1, bc2 = self._corrections(t.step)
+        return math.sqrt(bc2) / (1.0 if along == "gradient" else bc1)
+
+    def _eps_hat(self, t: StepTensors) -> float:
+        r""":math:`\hat\epsilon = \epsilon \sqrt{bc_2}`, the denominator's epsilon for the raw :math:`v`."""
+        return self.eps * math.sqrt(self._corrections(t.step)[1])
+
+
+class AdamDirection(AdamPreconditioner):
+    r"""Adam's direction with ``torch._foreach_*`` ops (the reference for :class:`FusedAdamDirection`).
+
+    One reusable parameter-sized buffer holds either a direction (up to a scalar factor), so that
+    moving between trial points is a single foreach add, or the preconditioner's denominator,
+    which a move along a vector not built divides by on the fly. The caller makes the first
+    move of a step (``carries_first_moves`` is false).
+    """
+
+    carries_first_moves = False
+
+    def __init__(
+        self,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        bias_correction_offset: int = 0,
+    ) -> None:
+        super().__init__(betas, eps, bias_correction_offset)
         self._buffer: list[Tensor] = []
         self._groups: list[slice] = []  # of the buffer, see cache_groups
         # What the buffer holds: a direction (up to its scale), the preconditioner's denominator
         # or nothing valid for this step.
         self._buffer_holds: Along | Literal["denominator"] | None = None
 
-    def _corrections(self, step: int) -> tuple[float, float]:
-        t = max(1, step + self.bias_correction_offset)
-        return 1.0 - self.beta1**t, 1.0 - self.beta2**t
+    def begin_step(self, t: StepTensors, start: StepStart, grad_sq: Tensor) -> tuple[Tensor, float] | None:
+        """Update the moments with this step's gradient (group by group, see :func:`cache_groups`);
+        return ``start.inner`` as ``(inner product, s)``, the product taken group by group as the
+        direction is built in the buffer (up to its scale ``s``, see :meth:`_scale`). ``start``'s
+        decay and moves are left to the caller."""
+        self._update_moments(t)
+        if start.inner is None:
+            return None
+        x, along = start.inner
+        dots = self._build(t, along, t.grads if x == "grad" else [s["exp_avg"] for s in t.states])
+        return (_sum(dots) if dots else torch.zeros(())), self._scale(t, along)
 
-    def begin_step(self, t: StepTensors) -> None:
-        """Update the moments with this step's gradient (group by group, see :func:`cache_groups`)."""
+    def _update_moments(self, t: StepTensors) -> None:
         if len(self._buffer) != len(t.params) or any(
             b.shape != p.shape or b.device != p.device or b.dtype != p.dtype
             for b, p in zip(self._buffer, t.params)
@@ -156,14 +252,6 @@ class AdamDirection:
             torch._foreach_addcmul_(exp_avg_sqs[group], grads, grads, value=1.0 - self.beta2)
         self._buffer_holds = None
 
-    def _scale(self, t: StepTensors, along: Along) -> float:
-        r"""The factor :math:`s` with :math:`P x = s\, x / (\sqrt v + \epsilon \sqrt{bc_2})`:
-        :math:`\sqrt{bc_2}` for :math:`x = g`, :math:`\sqrt{bc_2}/bc_1` for :math:`x = m`
-        (then :math:`P \hat m`). It rides on the ``alpha`` of a move or on an inner product
-        instead of costing a pass over memory."""
-        bc1, bc2 = self._corrections(t.step)
-        return math.sqrt(bc2) / (1.0 if along == "gradient" else bc1)
-
     def _numerators(self, t: StepTensors, along: Along) -> list[Tensor]:
         return t.grads if along == "gradient" else [s["exp_avg"] for s in t.states]
 
@@ -173,7 +261,7 @@ class AdamDirection:
         # foreach ops have no out= form: sqrt is per tensor, so nothing is allocated.
         for b, state in zip(buffer, t.states[group]):
             torch.sqrt(state["exp_avg_sq"], out=b)
-        torch._foreach_add_(buffer, self.eps * math.sqrt(self._corrections(t.step)[1]))
+        torch._foreach_add_(buffer, self._eps_hat(t))
 
     def _denominator_groups(self, t: StepTensors) -> Iterator[slice]:
         """The buffer's groups, each filled with the denominator just before it is yielded (unless
@@ -184,7 +272,7 @@ class AdamDirection:
                 self._fill_denominator(t, group)
             yield group
 
-    def _build(self, t: StepTensors, along: Along, dot_with: list[Tensor] | None) -> list[Tensor]:
+    def _build(self, t: StepTensors, along: Along, dot_with: list[Tensor]) -> list[Tensor]:
         """Fill the buffer with the direction along ``along`` up to its scale (three passes, one
         if it holds the denominator); return its per-tensor inner products with ``dot_with``,
         taken group by group while the group is in cache."""
@@ -194,38 +282,19 @@ class AdamDirection:
             buffer = self._buffer[group]
             for b, x in zip(buffer, numerators[group]):
                 torch.div(x, b, out=b)
-            if dot_with is not None:
-                dots += _dots(dot_with[group], buffer)
+            dots += _dots(dot_with[group], buffer)
         self._buffer_holds = along
         return dots
 
-    def direction(self, t: StepTensors, along: Along) -> tuple[list[Tensor], float]:
-        r""":math:`P g` or :math:`P \hat m` for this step as ``(buffer, s)``, the vector being
-        ``s * buffer`` (see :meth:`_scale`)."""
-        if self._buffer_holds != along:
-            self._build(t, along, None)
-        return self._buffer, self._scale(t, along)
+    def move(self, t: StepTensors, moves: Moves) -> None:
+        r""":math:`\theta \leftarrow \theta + \alpha\, P x` for each entry of ``moves`` in turn."""
+        for along, alpha in moves.items():
+            self._move(t, alpha, along)
 
-    def direction_and_inner(
-        self, t: StepTensors, along: Along, others: list[Tensor]
-    ) -> tuple[list[Tensor], float, Tensor]:
-        r""":meth:`direction` and :math:`\langle` ``others``, buffer :math:`\rangle` (without
-        the scale ``s``), the inner product taken as the direction is built."""
-        if self._buffer_holds == along:
-            return self._buffer, self._scale(t, along), inner(others, self._buffer)
-        dots = self._build(t, along, others)
-        return self._buffer, self._scale(t, along), _sum(dots) if dots else torch.zeros(())
-
-    def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> tuple[Tensor, float]:
-        r""":math:`\langle g, P g\rangle` or :math:`\langle g, P \hat m\rangle` as a tensor
-        and a factor to multiply it by once it is on the host."""
-        _, scale, dot = self.direction_and_inner(t, along, t.grads)
-        return dot, scale
-
-    def move(self, t: StepTensors, alpha: float, along: Along) -> None:
-        r""":math:`\theta \leftarrow \theta + \alpha\, P x`. Along a vector already built this is
-        one add; otherwise the division happens inside the move (``addcdiv``), one pass fewer
-        than building the vector first, which is what a step the speed-up rule skips costs."""
+    def _move(self, t: StepTensors, alpha: float, along: Along) -> None:
+        """Along a vector already built this is one add; otherwise the division happens inside
+        the move (``addcdiv``), one pass fewer than building the vector first, which is what a
+        step the speed-up rule skips costs."""
         scale = self._scale(t, along)
         if self._buffer_holds == along:
             torch._foreach_add_(t.params, self._buffer, alpha=alpha * scale)
@@ -248,12 +317,17 @@ class ReleasedAdamDirection(AdamDirection):
         super().__init__(betas, eps, bias_correction_offset=1)
         self._precond: list[Tensor] | None = None
 
-    def begin_step(self, t: StepTensors) -> None:
+    def begin_step(self, t: StepTensors, start: StepStart, grad_sq: Tensor) -> tuple[Tensor, float] | None:
+        r"""The release's moment update and gradient term :math:`\langle g, d\rangle` (a search
+        asks for no other inner product)."""
         for g, state in zip(t.grads, t.states):
             state["exp_avg_sq"].copy_((1 - self.beta2) * (g**2) + self.beta2 * state["exp_avg_sq"])
             state["exp_avg"].copy_((1 - self.beta1) * g + self.beta1 * state["exp_avg"])
         self._buffer_holds = None
         self._precond = None
+        if start.inner is None:
+            return None
+        return self._grad_term(t, start.inner[1]), 1.0
 
     def _scaled(self, x: Tensor, beta: float, step: int) -> Tensor:
         return x / (1 - beta ** max(1, step + self.bias_correction_offset))
@@ -278,10 +352,10 @@ class ReleasedAdamDirection(AdamDirection):
             self._buffer_holds = along
         return self._buffer, 1.0
 
-    def move(self, t: StepTensors, alpha: float, along: Along) -> None:
+    def _move(self, t: StepTensors, alpha: float, along: Along) -> None:
         torch._foreach_add_(t.params, self.direction(t, along)[0], alpha=alpha)
 
-    def grad_term(self, t: StepTensors, along: Along, grad_sq: Tensor) -> tuple[Tensor, float]:
+    def _grad_term(self, t: StepTensors, along: Along) -> Tensor:
         pv = self._preconditioner(t)
         total: Tensor | int = 0
         for g, p, s in zip(t.grads, pv, t.states):
@@ -290,4 +364,105 @@ class ReleasedAdamDirection(AdamDirection):
             else:
                 d = self._scaled(s["exp_avg"], self.beta1, t.step) * p
                 total = total + torch.inner(g.flatten(), d.flatten()).sum()
-        return (total if isinstance(total, Tensor) else torch.zeros(())), 1.0
+        return total if isinstance(total, Tensor) else torch.zeros(())
+
+
+class FusedAdamDirection(AdamPreconditioner):
+    r"""Adam's direction through the fused kernels of :mod:`optim._fused`: no buffer.
+
+    :meth:`begin_step` is one pass over each tensor: the moment update, the decay, the step's
+    first move and the inner product together (``carries_first_moves``). A later move is one
+    pass too, recomputing :math:`P g` and :math:`P \hat m` from :math:`g`, :math:`m` and
+    :math:`v` as it goes; moves along both vectors at once (back from a trial point to Adam's
+    step) are a single pass. The state is the moments alone.
+    """
+
+    carries_first_moves = True
+
+    def begin_step(self, t: StepTensors, start: StepStart, grad_sq: Tensor) -> tuple[Tensor, float] | None:
+        """Moments, decay, ``start.moves`` and ``start.inner`` (as ``(inner product, s)``) in one pass."""
+        decays = start.decays if start.decays is not None else [1.0] * len(t.params)
+        alpha_grad, alpha_avg = self._alphas(t, start.moves)
+        dot = None if start.inner is None else (start.inner[0], _VECTOR_OF[start.inner[1]])
+        dots = [
+            _fused.first_pass(
+                *_lists(t, part), decays=[decays[i] for i in part], beta1=self.beta1, beta2=self.beta2,
+                eps_hat=self._eps_hat(t), alpha_grad=alpha_grad, alpha_avg=alpha_avg, dot=dot,
+            )
+            for part in _same_device_and_dtype(t.params)
+        ]
+        if start.inner is None:
+            return None
+        return _total(dots), self._scale(t, start.inner[1])
+
+    def move(self, t: StepTensors, moves: Moves) -> None:
+        r""":math:`\theta \leftarrow \theta + \sum \alpha\, P x` over ``moves``, in one pass."""
+        alpha_grad, alpha_avg = self._alphas(t, moves)
+        if alpha_grad == 0.0 and alpha_avg == 0.0:
+            return
+        for part in _same_device_and_dtype(t.params):
+            _fused.move(*_lists(t, part), eps_hat=self._eps_hat(t), alpha_grad=alpha_grad, alpha_avg=alpha_avg)
+
+    def _alphas(self, t: StepTensors, moves: Moves) -> tuple[float, float]:
+        r"""The kernels' ``alpha_grad`` and ``alpha_avg`` of ``moves``: the scales of :math:`P g`
+        and :math:`P \hat m` ride on them."""
+        return (
+            moves.get("gradient", 0.0) * self._scale(t, "gradient"),
+            moves.get("momentum", 0.0) * self._scale(t, "momentum"),
+        )
+
+
+_VECTOR_OF: dict[Along, Vector] = {"gradient": "grad", "momentum": "exp_avg"}
+
+
+def _same_device_and_dtype(tensors: list[Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` by (device, dtype), as the kernels take them; usually one list."""
+    parts: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, x in enumerate(tensors):
+        parts.setdefault((x.device, x.dtype), []).append(i)
+    return list(parts.values())
+
+
+def _lists(t: StepTensors, part: list[int]) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+    """Parameters, gradients and moments of the tensors ``part``."""
+    states = [t.states[i] for i in part]
+    return (
+        [t.params[i] for i in part], [t.grads[i] for i in part],
+        [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+    )
+
+
+def _total(dots: list[Tensor | None]) -> Tensor:
+    """The inner products of the parts summed (in the widest of their dtypes); 0 without parts."""
+    found = [d for d in dots if d is not None]
+    if not found:
+        return torch.zeros(())
+    if len(found) == 1:
+        return found[0]
+    dtype = torch.float64 if any(d.dtype == torch.float64 for d in found) else found[0].dtype
+    return torch.stack([d.to(found[0].device, dtype) for d in found]).sum()
+
+
+def adam_direction(
+    betas: tuple[float, float], eps: float, fused: bool | None, device_types: set[str]
+) -> AdamDirection | FusedAdamDirection:
+    """Adam's direction computed as ``fused`` asks, on parameters of ``device_types``.
+
+    ``fused=False``: the foreach ops. ``True``: the fused kernels, or ``RuntimeError`` saying why
+    a device has none. ``None``: the fused kernels where every device has one, else the foreach
+    ops (with a one-line notice, once per process, when a CPU or CUDA kernel could not be had).
+    """
+    if fused is False:
+        return AdamDirection(betas, eps)
+    reasons = {kind: _fused.unavailable_reason(kind) for kind in sorted(device_types)}
+    missing = {kind: reason for kind, reason in reasons.items() if reason is not None}
+    if not missing:
+        return FusedAdamDirection(betas, eps)
+    if fused:
+        raise RuntimeError(
+            "fused=True: " + "; ".join(f"no fused kernel for {kind} tensors: {r}" for kind, r in missing.items())
+            + ". Pass fused=None (the fastest path available) or fused=False (foreach ops)"
+        )
+    for kind, reason in missing.items():
+        _fused.notice_foreach(kind, reason)
+    return AdamDirection(betas, eps)

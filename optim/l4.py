@@ -26,10 +26,10 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ._base import ClosureOptimizer
-from ._checks import check_moments, check_positive, check_unit
+from ._checks import check_fused, check_moments, check_positive, check_unit
 from ._evaluation import LossEvaluator, check_closure, host_floats
 from .diagnostics import L4Diagnostics
-from .directions import AdamDirection, inner
+from .directions import AdamDirection, FusedAdamDirection, StepStart, adam_direction, inner, rescale
 from .line_search import MAX_STEP_SIZE
 
 
@@ -74,6 +74,10 @@ class L4(ClosureOptimizer):
         eps: Adam's epsilon in v (1e-4 in the reference).
         epsilon: added to ``<v, g_hat>`` (1e-12).
         weight_decay: decoupled, theta <- theta (1 - wd eta).
+        fused: L4Adam's moments, inner product and step through the fused kernels of
+            :mod:`optim._fused` (two passes, no buffer): ``None`` (default) where the parameters'
+            devices have them, ``True`` required (an error at construction otherwise), ``False``
+            foreach ops. L4Mom has nothing to fuse (``True`` is refused).
         process_group: the ranks whose losses are averaged before deciding eta.
     """
 
@@ -91,23 +95,29 @@ class L4(ClosureOptimizer):
         eps: float = 1e-4,
         epsilon: float = 1e-12,
         weight_decay: float = 0.0,
+        fused: bool | None = None,
         process_group: dist.ProcessGroup | None = None,
     ) -> None:
         defaults = dict(
             lr=0.0, direction=direction, alpha=alpha, gamma=gamma, gamma0=gamma0, tau=tau,
-            betas=tuple(betas), eps=eps, epsilon=epsilon, weight_decay=weight_decay,
+            betas=tuple(betas), eps=eps, epsilon=epsilon, weight_decay=weight_decay, fused=fused,
         )
         super().__init__(params, defaults, process_group)
 
-    def _configure(self, group: dict[str, Any]) -> tuple[L4Rule, AdamDirection]:
+    def _configure(self, group: dict[str, Any]) -> tuple[L4Rule, AdamDirection | FusedAdamDirection]:
         check_moments(group["betas"], group["eps"])  # beta2 too, although L4Mom does not use it
+        check_fused(group["fused"])
         beta1, beta2 = group["betas"]
         rule = L4Rule(
             group["direction"], group["alpha"], group["gamma"], group["gamma0"], group["tau"],
             group["epsilon"], beta1,
         )
+        if rule.direction == "adam":
+            return rule, adam_direction((beta1, beta2), group["eps"], group["fused"], self._device_types())
+        if group["fused"]:
+            raise ValueError("fused=True: L4Mom (direction='momentum') has no fused path; pass fused=None")
         # L4Mom's v is the bias-corrected gradient EMA itself; beta2 is then unused.
-        return rule, AdamDirection((beta1, beta2 if rule.direction == "adam" else 0.0), group["eps"])
+        return rule, AdamDirection((beta1, 0.0), group["eps"])
 
     def _initial_state(self, group: dict[str, Any]) -> dict[str, Any]:
         return {**super()._initial_state(group), "min_loss": math.nan}
@@ -151,25 +161,25 @@ class L4(ClosureOptimizer):
         self,
         state: dict[str, Any],
         rule: L4Rule,
-        moments: AdamDirection,
+        moments: AdamDirection | FusedAdamDirection,
         closure: Any,
         loss: Tensor | float | None,
         grad_scaler: torch.amp.GradScaler | None,
     ) -> Tensor:
         all_params = [p for g in self.param_groups for p in g["params"]]
         evaluate = LossEvaluator(closure, all_params, None, loss)
-        loss, loss0, _, _, t = self._first_evaluation(state, evaluate, grad_scaler)
+        loss, loss0, grad_sq, _, t = self._first_evaluation(state, evaluate, grad_scaler)
         if t is None:
             return loss
-        moments.begin_step(t)
         bias1 = 1.0 - rule.beta1**t.step
         if rule.direction == "adam":
-            # v_scale * v = m_hat / (sqrt(v_hat) + eps), the step; dot = <v_scale * v, m / bias1>
-            exp_avgs = [s["exp_avg"] for s in t.states]
-            v, v_scale, dot_vm = moments.direction_and_inner(t, "momentum", exp_avgs)
+            # s * <m, P_raw m> = <m, P m_hat> (P_raw m = m / (sqrt(v) + eps_hat)), and
+            # <v, g_hat> = <P m_hat, m / bias1>: the moments and the inner product in one pass.
+            dot_vm, v_scale = moments.begin_step(t, StepStart(inner=("exp_avg", "momentum")), grad_sq)
             (dot,) = host_floats([self._summed_over_shards(dot_vm)], self.group_for_decisions)
             dot *= v_scale / bias1
         else:
+            moments.begin_step(t, StepStart(), grad_sq)
             v = [s["exp_avg"] for s in t.states]  # v = g_hat = m / bias1
             (dot,) = host_floats([self._summed_over_shards(inner(v, v))], self.group_for_decisions)
             dot /= bias1 * bias1
@@ -180,8 +190,13 @@ class L4(ClosureOptimizer):
         eta = rule.alpha * (loss0 - rule.gamma * min_loss) / (dot + rule.epsilon)
         if dot > 0 and math.isfinite(eta):
             eta = min(eta, MAX_STEP_SIZE)  # a vanishing <v, g_hat> must not overflow the move
-            self._decay_weights(eta)
-            torch._foreach_add_(t.params, v, alpha=-eta * v_scale)
+            decays = t.decays(eta)
+            if decays is not None:
+                rescale(t.params, decays)
+            if rule.direction == "adam":
+                moments.move(t, {"momentum": -eta})
+            else:
+                torch._foreach_add_(t.params, v, alpha=-eta * v_scale)
             state["step_size"] = eta
             self._set_lr(eta)
         else:

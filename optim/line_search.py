@@ -14,6 +14,13 @@ One step, for a direction with vectors :math:`d_\text{search}` and :math:`d_\tex
     else:
         theta <- theta0 - eta d_momentum
 
+Decoupled weight decay (theta <- theta (1 - wd eta_prev)) comes before the first move. eta, whether
+a search is due and the decay are all known before <g, d> is, so the step hands them to the
+direction with the moment update (:class:`~optim.directions.StepStart`): a fused direction makes the
+decay, the first trial move (or the whole step, when no search is due) and the inner product in
+that one pass over memory, and the later moves (backtracks, the step along the momentum, the rare
+undoing) each in one more.
+
 :class:`SearchRule` holds every knob in which SaLSA, SLS, the released ``salsa-optimizer`` and
 the paper's as-run variants differ, built by each class from its param groups' hyperparameters;
 :class:`LineSearchOptimizer` runs the loop. The search's state (step size, EMAs, speed-up
@@ -33,10 +40,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._base import ClosureOptimizer
-from ._checks import check_int, check_moments, check_positive, check_unit
+from ._checks import check_fused, check_int, check_moments, check_positive, check_unit
 from ._evaluation import LossEvaluator, RNGSnapshot, check_closure, host_floats
 from .diagnostics import SearchDiagnostics
-from .directions import AdamDirection, Along, SGDDirection, StepTensors
+from .directions import (
+    AdamDirection, Along, FusedAdamDirection, Moves, SGDDirection, StepStart, StepTensors, adam_direction,
+    rescale,
+)
 
 SkippedGrowth = Literal["none", "unstored", "stored"]
 
@@ -213,43 +223,77 @@ def _f32(value: float) -> Tensor:
     return torch.tensor(value, dtype=torch.float32)
 
 
-def make_direction(direction: str, betas: tuple[float, float], eps: float) -> AdamDirection | SGDDirection:
-    """The direction object for ``direction`` = ``"adam"`` or ``"sgd"``."""
+def make_direction(
+    direction: str, betas: tuple[float, float], eps: float, fused: bool | None, device_types: set[str]
+) -> AdamDirection | FusedAdamDirection | SGDDirection:
+    """The direction object for ``direction`` = ``"adam"`` or ``"sgd"``; Adam's computed as
+    ``fused`` asks on parameters of ``device_types`` (see :func:`~optim.directions.adam_direction`).
+    Along ``g`` there is nothing to fuse: ``fused=True`` is refused there."""
     check_moments(betas, eps)  # also along the gradient, where they are unused
+    check_fused(fused)
     if direction == "sgd":
+        if fused:
+            raise ValueError("fused=True: the SGD direction has no fused path (nothing to fuse); pass fused=None")
         return SGDDirection()
     if direction == "adam":
-        return AdamDirection(tuple(betas), eps)
+        return adam_direction(tuple(betas), eps, fused, device_types)
     raise ValueError(f"direction must be 'adam' or 'sgd', got {direction!r}")
 
 
 class _Position:
-    """Where theta stands relative to theta0 along the direction vectors of this step."""
+    """Where theta stands relative to theta0 (decayed) along the direction vectors of this step.
 
-    def __init__(self, direction: Any, tensors: StepTensors, restart_from_start: bool) -> None:
+    The step's first pass (``begin_step``) made the decay and the first move when the direction
+    ``carries_first_moves``; otherwise the first :meth:`go_to` makes the decay, as the step's
+    first move.
+    """
+
+    def __init__(self, direction: Any, tensors: StepTensors, restart_from_start: bool, start: StepStart) -> None:
         self.direction = direction
         self.tensors = tensors
-        self.offsets: dict[str, float] = {}
+        self.decays = start.decays
+        # Whether theta holds the decay, and its offsets along each vector.
+        self.decayed: bool = direction.carries_first_moves
+        self.offsets: Moves = dict(start.moves) if direction.carries_first_moves else {}
         # The released optimizer restarts every trial from a copy of theta0; the default moves
         # relative to the previous trial and needs no copy.
         self.restart_from_start = restart_from_start
         self.start: list[Tensor] | None = None
 
     def go_to(self, alpha: float, along: Along) -> None:
-        """theta <- theta0 + alpha * d_along."""
+        """theta <- theta0 + alpha * d_along (theta0 decayed): one move, along both vectors when
+        it leaves one for the other."""
+        self._decay()
         if self.restart_from_start:
             if self.start is None:  # theta is still theta0
                 self.start = [p.detach().clone() for p in self.tensors.params]
             torch._foreach_copy_(self.tensors.params, self.start)
-            self.direction.move(self.tensors, alpha, along)
+            self.direction.move(self.tensors, {along: alpha})
         else:
-            for other, offset in self.offsets.items():
-                if other != along and offset != 0.0:
-                    self.direction.move(self.tensors, -offset, other)
+            moves: Moves = {
+                other: -offset for other, offset in self.offsets.items() if other != along and offset != 0.0
+            }
             delta = alpha - self.offsets.get(along, 0.0)
             if delta != 0.0:
-                self.direction.move(self.tensors, delta, along)
+                moves[along] = delta
+            if moves:
+                self.direction.move(self.tensors, moves)
         self.offsets = {along: alpha}
+
+    def back_to_start(self) -> None:
+        """theta <- theta0, undecayed (a step skipped after its first pass moved theta)."""
+        back: Moves = {along: -offset for along, offset in self.offsets.items() if offset != 0.0}
+        if back:
+            self.direction.move(self.tensors, back)
+        if self.decayed and self.decays is not None:
+            rescale(self.tensors.params, self.decays, divide=True)
+        self.decayed, self.offsets = False, {}
+
+    def _decay(self) -> None:
+        if not self.decayed:
+            if self.decays is not None:
+                rescale(self.tensors.params, self.decays)
+            self.decayed = True
 
 
 class LineSearchOptimizer(ClosureOptimizer):
@@ -276,6 +320,11 @@ class LineSearchOptimizer(ClosureOptimizer):
         init_step_size: eta before the first search (the initial ``step_size``).
         weight_decay: decoupled, per param group: theta <- theta (1 - wd eta_prev) after the
             first evaluation, before the search.
+        fused: along Adam's direction, as in ``torch.optim``: ``None`` (default) the fastest path
+            on the parameters' devices, ``True`` the fused kernels of :mod:`optim._fused` (one
+            pass over memory per move, no scratch buffer; an error at construction where they
+            cannot be had), ``False`` foreach ops. The same for all groups; nothing to fuse along
+            ``g`` (``True`` is refused there).
         freeze_bn_stats_in_trials: a module whose BatchNorm running statistics trial forwards
             must not change (``None``: trials update them, as the references do).
         process_group: under ``torch.distributed`` with more than one rank, the deciding losses
@@ -387,7 +436,7 @@ class LineSearchOptimizer(ClosureOptimizer):
         self,
         search: dict[str, Any],
         rule: SearchRule,
-        direction: AdamDirection | SGDDirection,
+        direction: AdamDirection | FusedAdamDirection | SGDDirection,
         closure: Any,
         loss: Tensor | float | None,
         rng: RNGSnapshot | None,
@@ -399,52 +448,75 @@ class LineSearchOptimizer(ClosureOptimizer):
         loss, loss0, grad_sq, grad_sq_value, t = self._first_evaluation(search, evaluate, grad_scaler)
         if t is None:
             return loss  # non-finite L0 or gradient: parameters and moments untouched
-        group = self.group_for_decisions
-        direction.begin_step(t)
         eta = rule.initial_step_size(search["step_size"])
         searching = self._search_due(search, rule)
+        # Everything the first pass over the tensors needs is known before <g, d> is: the decay
+        # (with the stored eta) and where theta goes first, the first trial point or the step.
+        decays = t.decays(search["step_size"])
         if searching:
             search["steps_since_search"] = 0
-            local_term, factor = direction.grad_term(t, rule.search_along, grad_sq)
-            if local_term is grad_sq:  # ||g||^2 (the SGD direction): read with L0 already
-                grad_term = grad_sq_value * factor
-            else:
-                (grad_term,) = host_floats([self._summed_over_shards(local_term)], group)
-                grad_term *= factor
-            if rule.grad_term_root:
-                grad_term = math.sqrt(max(grad_term, 0.0))
-            test_term = rule.smooth_grad_term(search["avg_grad_term"], grad_term)
-            if not math.isfinite(test_term):
-                # A finite gradient can still overflow <g, P g> (|g| > ~1e15 in float32): skip
-                # rather than poison the EMA. Parameters stay; the moments have seen g already.
-                search["n_skipped"] += 1
-                return loss
-            search["avg_grad_term"] = test_term
-
-        self._decay_weights(search["step_size"])
-        position = _Position(direction, t, rule.trials_restart_from_start)
-        if not searching:
-            moved, search["step_size"] = rule.unsearched_step_sizes(search["step_size"], eta, guarded=False)
-            position.go_to(-moved, "momentum")
+            start = StepStart(decays, {rule.search_along: -eta}, ("grad", rule.search_along))
         else:
-            if rule.guard_blocks(loss0, test_term, math.sqrt(grad_sq_value)):
-                moved, eta = rule.unsearched_step_sizes(search["step_size"], eta, guarded=True)
-                position.go_to(-moved, "momentum")
-                if rule.trials_restart_from_start:
-                    evaluate.trial()  # the release evaluates once here, uncounted
-            else:
-                try:
-                    eta = self._backtrack(search, rule, evaluate, position, loss0, eta, test_term, group)
-                except BaseException:
-                    # A closure that raises in a trial (e.g. one calling backward under no_grad)
-                    # must not leave theta at the trial point: back to where the search started.
-                    position.go_to(0.0, rule.search_along)
-                    raise
-            search["step_size"] = eta
-            search["avg_step_size_slow"] = search["avg_step_size_slow"] * 0.99 + eta * (1 - 0.99)
-            search["avg_step_size_fast"] = search["avg_step_size_fast"] * 0.9 + eta * (1 - 0.9)
+            moved, search["step_size"] = rule.unsearched_step_sizes(search["step_size"], eta, guarded=False)
+            start = StepStart(decays, {"momentum": -moved})
+        position = _Position(direction, t, rule.trials_restart_from_start, start)
+        term = direction.begin_step(t, start, grad_sq)
+        if searching:
+            self._search(search, rule, evaluate, position, term, grad_sq, grad_sq_value, loss0, eta)
+        else:
+            position.go_to(-moved, "momentum")  # already there if the first pass moved theta
         self._set_lr(search["step_size"])
         return loss
+
+    def _search(
+        self,
+        search: dict[str, Any],
+        rule: SearchRule,
+        evaluate: LossEvaluator,
+        position: _Position,
+        term: tuple[Tensor, float],
+        grad_sq: Tensor,
+        grad_sq_value: float,
+        loss0: float,
+        eta: float,
+    ) -> None:
+        """A step that searches: the test's gradient term from the first pass's inner product
+        ``term``, then the guard and the trials; leaves theta at the step and eta stored."""
+        group = self.group_for_decisions
+        local_term, factor = term
+        if local_term is grad_sq:  # ||g||^2 (the SGD direction): read with L0 already
+            grad_term = grad_sq_value * factor
+        else:
+            (grad_term,) = host_floats([self._summed_over_shards(local_term)], group)
+            grad_term *= factor
+        if rule.grad_term_root:
+            grad_term = math.sqrt(max(grad_term, 0.0))
+        test_term = rule.smooth_grad_term(search["avg_grad_term"], grad_term)
+        if not math.isfinite(test_term):
+            # A finite gradient can still overflow <g, P g> (|g| > ~1e15 in float32): skip
+            # rather than poison the EMA. Parameters go back to theta0 (where a fused first pass
+            # moved them); the moments have seen g already.
+            position.back_to_start()
+            search["n_skipped"] += 1
+            return
+        search["avg_grad_term"] = test_term
+
+        if rule.guard_blocks(loss0, test_term, math.sqrt(grad_sq_value)):
+            moved, eta = rule.unsearched_step_sizes(search["step_size"], eta, guarded=True)
+            position.go_to(-moved, "momentum")
+            if rule.trials_restart_from_start:
+                evaluate.trial()  # the release evaluates once here, uncounted
+        else:
+            try:
+                eta = self._backtrack(search, rule, evaluate, position, loss0, eta, test_term, group)
+            except BaseException:
+                # A closure that raises in a trial (e.g. one calling backward under no_grad)
+                # must not leave theta at the trial point: back to where the search started.
+                position.go_to(0.0, rule.search_along)
+                raise
+        search["step_size"] = eta
+        search["avg_step_size_slow"] = search["avg_step_size_slow"] * 0.99 + eta * (1 - 0.99)
+        search["avg_step_size_fast"] = search["avg_step_size_fast"] * 0.9 + eta * (1 - 0.9)
 
     @staticmethod
     def _backtrack(

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import torch.distributed as dist
 from torch import nn
 
-from ._checks import check_int, check_moments
-from .directions import AdamDirection, ReleasedAdamDirection, SGDDirection
+from ._checks import check_fused, check_int, check_moments
+from .directions import AdamDirection, FusedAdamDirection, ReleasedAdamDirection, SGDDirection
 from .line_search import LineSearchOptimizer, ReleasedRule, SearchRule, SkippedGrowth, make_direction
 
 
@@ -58,7 +58,10 @@ class SaLSA(LineSearchOptimizer):
         skipped_growth: eta on steps without a search: skipped by the speed-up rule or
             blocked by the guard (see :class:`SearchRule`).
         forced_searches: the first steps that always search.
-        as_released: follow ``salsa-optimizer`` 0.1.0 exactly (Adam direction only).
+        as_released: follow ``salsa-optimizer`` 0.1.0 exactly (Adam direction only; foreach ops
+            only, its bit-exact replay being of their arithmetic: ``fused=True`` is refused).
+        fused: ``None``, ``True`` or ``False``: whether Adam's direction runs through the fused
+            kernels (see :class:`~optim.line_search.LineSearchOptimizer`).
         freeze_bn_stats_in_trials, process_group: see :class:`LineSearchOptimizer`.
     """
 
@@ -82,6 +85,7 @@ class SaLSA(LineSearchOptimizer):
         skipped_growth: SkippedGrowth = "none",
         forced_searches: int = 10,
         as_released: bool = False,
+        fused: bool | None = None,
         freeze_bn_stats_in_trials: nn.Module | None = None,
         process_group: dist.ProcessGroup | None = None,
     ) -> None:
@@ -90,11 +94,13 @@ class SaLSA(LineSearchOptimizer):
             speed_up=speed_up, use_mv=use_mv, weight_decay=weight_decay, eps=eps, backtrack=backtrack,
             max_trials=max_trials, growth=growth, grad_term=grad_term, step_along=step_along,
             accept_ties=accept_ties, skipped_growth=skipped_growth, forced_searches=forced_searches,
-            as_released=as_released,
+            as_released=as_released, fused=fused,
         )
         super().__init__(params, defaults, freeze_bn_stats_in_trials, process_group)
 
-    def _configure(self, group: dict[str, Any]) -> tuple[SearchRule, AdamDirection | SGDDirection]:
+    def _configure(
+        self, group: dict[str, Any]
+    ) -> tuple[SearchRule, AdamDirection | FusedAdamDirection | SGDDirection]:
         betas = tuple(group["betas"])
         if len(betas) != 3:
             raise ValueError(f"betas must be (beta1, beta2, smoothing), got {betas}")
@@ -117,6 +123,12 @@ class SaLSA(LineSearchOptimizer):
                 raise ValueError(
                     "as_released=True reproduces the released Adam SaLSA: direction must be 'adam'"
                 )
+            check_fused(group["fused"])
+            if group["fused"]:
+                raise ValueError(
+                    "as_released=True replays salsa-optimizer 0.1.0's foreach arithmetic bit for bit: "
+                    "it has no fused path; pass fused=None or fused=False"
+                )
             # 0.1.0 counts the step before testing `step < 10`: searches are forced on steps 1-9;
             # it has no step_along, accept_ties, skipped_growth or forced_searches of its own.
             rule: SearchRule = ReleasedRule(**rule_args, forced_searches=9, skipped_growth="unstored")
@@ -128,4 +140,6 @@ class SaLSA(LineSearchOptimizer):
             skipped_growth=group["skipped_growth"],
             forced_searches=group["forced_searches"],
         )
-        return rule, make_direction(group["direction"], betas[:2], group["eps"])
+        return rule, make_direction(
+            group["direction"], betas[:2], group["eps"], group["fused"], self._device_types()
+        )

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ._checks import check_positive
-from .directions import AdamDirection, SGDDirection
+from .directions import AdamDirection, FusedAdamDirection, SGDDirection
 from .line_search import LineSearchOptimizer, SearchRule, make_direction
 
 
@@ -54,6 +54,8 @@ class SLS(LineSearchOptimizer):
         grad_term: ``"squared"`` or ``"norm"`` (||g||, the authors' as-run ``olsgdsls``).
         step_along: ``"search"`` or ``"momentum"`` (step along P m_hat, as-run ``oladamsls``).
         speed_up: search only when SaLSA's speed-up rule asks (the as-run NLP runs).
+        fused: ``None``, ``True`` or ``False``: whether the Adam direction runs through the fused
+            kernels (see :class:`~optim.line_search.LineSearchOptimizer`; nothing to fuse along g).
         freeze_bn_stats_in_trials, process_group: see :class:`LineSearchOptimizer`.
     """
 
@@ -77,6 +79,7 @@ class SLS(LineSearchOptimizer):
         grad_term: Literal["squared", "norm"] = "squared",
         step_along: Literal["search", "momentum"] = "search",
         speed_up: bool = False,
+        fused: bool | None = None,
         freeze_bn_stats_in_trials: nn.Module | None = None,
         process_group: dist.ProcessGroup | None = None,
     ) -> None:
@@ -85,11 +88,13 @@ class SLS(LineSearchOptimizer):
             reset_option=reset_option, gamma=gamma, n_batches_per_epoch=n_batches_per_epoch,
             eta_max=eta_max, max_trials=max_trials, failed_step=failed_step, guard=guard,
             betas=tuple(betas), eps=eps, weight_decay=weight_decay, grad_term=grad_term,
-            step_along=step_along, speed_up=speed_up,
+            step_along=step_along, speed_up=speed_up, fused=fused,
         )
         super().__init__(params, defaults, freeze_bn_stats_in_trials, process_group)
 
-    def _configure(self, group: dict[str, Any]) -> tuple[SearchRule, AdamDirection | SGDDirection]:
+    def _configure(
+        self, group: dict[str, Any]
+    ) -> tuple[SearchRule, AdamDirection | FusedAdamDirection | SGDDirection]:
         reset_option, gamma, n_batches = group["reset_option"], group["gamma"], group["n_batches_per_epoch"]
         if isinstance(reset_option, bool) or reset_option not in (0, 1, 2):
             raise ValueError(f"reset_option must be 0, 1 or 2, got {reset_option!r}")
@@ -111,4 +116,6 @@ class SLS(LineSearchOptimizer):
             guard=group["guard"],
             failed_step=group["failed_step"],
         )
-        return rule, make_direction(group["direction"], tuple(group["betas"]), group["eps"])
+        return rule, make_direction(
+            group["direction"], tuple(group["betas"]), group["eps"], group["fused"], self._device_types()
+        )

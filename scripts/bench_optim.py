@@ -1,13 +1,20 @@
-r"""Wall-clock cost of a step of SaLSA, SLS and L4 against Adam, and against the released SaLSA.
+r"""Wall-clock cost of a step of SaLSA, SLS and L4 against fused Adam, and against the released SaLSA.
 
 Method
 ------
 Every optimizer trains its own copy of the same model (same initialisation, same fixed synthetic
 batch) in one process. The optimizers run *interleaved* in blocks of ``--block`` steps: a block of
-Adam, a block of SaLSA, a block of SLS, ..., then the next round, until each has taken ``--steps``
-steps. The first round is a warm-up and is discarded. Drift of the machine (clock boost, other
-load) therefore hits all optimizers alike, and each block of an optimizer is compared with the
-Adam block of its own round.
+fused Adam, a block of SaLSA, a block of SLS, ..., then the next round, until each has taken
+``--steps`` steps. The first round is a warm-up and is discarded. Drift of the machine (clock
+boost, other load) therefore hits all optimizers alike, and each block of an optimizer is compared
+with the fused-Adam block of its own round. ``--runs N`` repeats the whole interleaved run N times
+on fresh copies and reports the median over runs.
+
+The rows: ``torch.optim.Adam`` fused (``fused=True``, the baseline: what users compare a step
+with), with foreach ops and at torch's default; SaLSA, the ``adamsls`` preset (the harness's
+``optimizer=salsa``), SLS with the Adam direction and L4Adam each on the fused path
+(``fused=True``, where the device has the kernels) and on the foreach path; SLS at its defaults
+(SGD direction); the released SaLSA when installed.
 
 Each step (``zero_grad`` included) is timed with ``time.perf_counter`` (after
 ``torch.cuda.synchronize()`` on CUDA). The line searches are driven through
@@ -22,7 +29,7 @@ and backward, a moment update, and the trials. What it costs beyond that is the 
     excess(block) = median over the block's steps of (step time - own trial-forward time)
                     - t_Adam,
 
-with ``t_Adam`` the median step time of the Adam block of the same round. The step time and its
+with ``t_Adam`` the median step time of the fused-Adam block of the same round. The step time and its
 trial-forward time are paired step by step before the median is taken, because with SaLSA's
 speed-up rule a block mixes steps with and without a search: a median of step times and a
 separate median of trial times would then come from different steps. When every step runs the
@@ -33,12 +40,15 @@ its default SGD direction keeps no moments and can come out below it (a negative
 
 Optimizer memory is what the optimizer holds between steps: the tensors in ``opt.state``
 (walked recursively, each storage counted once) plus the scratch direction buffer of this
-package's optimizers; Adam holds about 2x the parameter bytes.
+package's foreach path, also per parameter (Adam: 8 bytes for float32 parameters; the fused
+path holds the moments alone). The report also says what the fused CPU kernel cost to load in
+the process, or, with ``--cold-build``, to compile on first use.
 
 Usage::
 
     python scripts/bench_optim.py [--device cpu|cuda] [--workloads mlp,cnn,transformer[,bert]]
-        [--steps 300] [--block 20] [--threads N] [--out outputs/bench] [--quick] [--attribute]
+        [--steps 300] [--block 20] [--runs 1] [--threads N] [--out outputs/bench] [--quick]
+        [--attribute] [--optimizers "Adam (fused),SaLSA (fused)"] [--cold-build]
 
 writes ``<out>/bench_optim_<device>.json`` (every per-step time, the per-block numbers, the
 summary and the machine) and ``<out>/bench_optim_<device>.md`` (the table, also printed). The
@@ -52,12 +62,14 @@ import argparse
 import contextlib
 import copy
 import datetime
+import functools
 import io
 import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -69,11 +81,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import optim
-from optim.directions import Along, StepTensors, inner
+from optim import _fused, _fused_cpu
+from optim.directions import StepTensors, inner
+from optim.presets import paper_optimizer
 
 SEED = 0
-BASELINE = "Adam"
-OURS = "SaLSA"
+BASELINE = "Adam (fused)"  # the default --baseline
+OURS = "SaLSA (fused)"
+OURS_FOREACH = "SaLSA (foreach)"
 REFERENCE = "SaLSA (reference)"
 
 Batch = tuple[Tensor, Tensor]
@@ -236,8 +251,9 @@ class OptimizerSpec:
 
 
 def salsa_with_check_twice(params: Iterable[nn.Parameter]) -> optim.SaLSA:
-    """SaLSA that takes the finiteness check of the gradient, ||g||^2, twice (see --attribute)."""
-    opt = optim.SaLSA(params)
+    """SaLSA (fused) that takes the finiteness check of the gradient, ||g||^2, twice (see
+    --attribute): the one pass over the gradient that the fused step makes beyond fused Adam's."""
+    opt = optim.SaLSA(params, fused=True)
     step_tensors = opt._step_tensors
 
     def with_extra_check(step: int) -> StepTensors:
@@ -249,38 +265,42 @@ def salsa_with_check_twice(params: Iterable[nn.Parameter]) -> optim.SaLSA:
     return opt
 
 
-def salsa_with_inner_twice(params: Iterable[nn.Parameter]) -> optim.SaLSA:
-    """SaLSA that takes the Armijo test's inner product <g, P g> twice (see --attribute)."""
-    opt = optim.SaLSA(params)
-    direction = opt.direction
-    grad_term = direction.grad_term
-
-    def with_extra_inner(t: StepTensors, along: Along, grad_sq: Tensor) -> tuple[Tensor, float]:
-        result = grad_term(t, along, grad_sq)
-        inner(t.grads, direction.direction(t, along)[0])  # the built vector; thrown away
-        return result
-
-    direction.grad_term = with_extra_inner
-    return opt
+ATTRIBUTION = {f"{OURS}, finiteness check x2": salsa_with_check_twice}
 
 
-ATTRIBUTION = {
-    f"{OURS}, finiteness check x2": salsa_with_check_twice,
-    f"{OURS}, <g, Pg> x2": salsa_with_inner_twice,
-}
+def adam(cls: type[torch.optim.Optimizer] = torch.optim.Adam, **kwargs: Any) -> Callable[..., torch.optim.Optimizer]:
+    return lambda params: cls(params, lr=1e-3, **kwargs)
 
 
-def optimizer_specs(attribute: bool = False) -> list[OptimizerSpec]:
-    """Adam (the baseline, first in every round), this package's optimizers with their defaults
-    and, when ``salsa-optimizer`` is installed, the released SaLSA. ``attribute`` adds SaLSA with
-    each of the two reductions a line search needs beyond Adam's work taken twice: the excess of
-    such a contender minus SaLSA's is what that reduction costs where it runs."""
+# The Adam-direction searches, each on both paths: (name, builder of the optimizer given `fused`).
+ADAM_SEARCHES: list[tuple[str, Callable[..., torch.optim.Optimizer]]] = [
+    ("SaLSA", lambda params, fused: optim.SaLSA(params, fused=fused)),
+    ("adamsls", lambda params, fused: paper_optimizer("adamsls", params, fused=fused)),
+    ("SLS-Adam", lambda params, fused: optim.SLS(params, direction="adam", fused=fused)),
+    ("L4Adam", lambda params, fused: optim.L4(params, fused=fused)),
+]
+
+
+def optimizer_specs(device: torch.device, attribute: bool = False) -> list[OptimizerSpec]:
+    """Fused Adam (the default baseline, first in every round), fused AdamW (its weight decay at
+    torch's default), Adam with foreach ops and at torch's default; the Adam-direction searches on the fused path (where ``device`` has the kernels)
+    and on the foreach path; SLS at its defaults (SGD direction); when ``salsa-optimizer`` is
+    installed, the released SaLSA. ``attribute`` adds SaLSA (fused) taking the finiteness check
+    of the gradient twice: its excess minus SaLSA's is what that pass costs where it runs."""
     specs = [
-        OptimizerSpec(BASELINE, lambda params: torch.optim.Adam(params, lr=1e-3), adam_step),
-        OptimizerSpec(OURS, optim.SaLSA, closure_step),
-        OptimizerSpec("SLS", optim.SLS, closure_step),
-        OptimizerSpec("L4", optim.L4, closure_step),
+        OptimizerSpec("Adam (fused)", adam(fused=True), adam_step),
+        OptimizerSpec("AdamW (fused)", adam(torch.optim.AdamW, fused=True), adam_step),
+        OptimizerSpec("Adam (foreach)", adam(foreach=True), adam_step),
+        OptimizerSpec("Adam", adam(), adam_step),
     ]
+    paths = [True, False] if _fused.unavailable_reason(device.type) is None else [False]
+    for name, make in ADAM_SEARCHES:
+        specs += [
+            OptimizerSpec(f"{name} ({'fused' if fused else 'foreach'})", functools.partial(make, fused=fused),
+                          closure_step)
+            for fused in paths
+        ]
+    specs.append(OptimizerSpec("SLS", optim.SLS, closure_step))
     if attribute:
         specs += [OptimizerSpec(name, make, closure_step) for name, make in ATTRIBUTION.items()]
     try:
@@ -388,7 +408,7 @@ def optimizer_bytes(opt: torch.optim.Optimizer) -> int:
 
 
 def summarise(
-    contender: Contender, blocks: list[dict[str, float]], raw: list[Block], param_bytes: int
+    contender: Contender, blocks: list[dict[str, float]], raw: list[Block], param_bytes: int, n_params: int
 ) -> dict:
     """One optimizer over its measured blocks (``blocks``: their stats, ``raw``: their steps)."""
     steps = [ms for block in raw for ms in block.step_ms]
@@ -402,15 +422,34 @@ def summarise(
         "excess_pct": statistics.median(block["excess_pct"] for block in blocks),
         "memory_mb": memory / 2**20,
         "memory_x_params": memory / param_bytes,
+        "state_bytes_per_param": memory / n_params,
         "final_loss": raw[-1].last_loss,
     }
+
+
+# The numbers of a run that are taken as the median over runs (the others are the last run's).
+PER_RUN = ("ms_per_step", "t_adam_ms", "excess_ms", "excess_pct")
+
+
+def over_runs(summaries: list[dict[str, dict]]) -> dict[str, dict]:
+    """The runs' summaries in one: the median over runs of :data:`PER_RUN` (each run's value
+    kept under ``runs``), the other numbers from the last run."""
+    combined = {}
+    for name, last in summaries[-1].items():
+        runs = [summary[name] for summary in summaries]
+        combined[name] = {
+            **last,
+            **{key: statistics.median(run[key] for run in runs) for key in PER_RUN},
+            "runs": [{key: run[key] for key in PER_RUN} for run in runs],
+        }
+    return combined
 
 
 def versus_reference(summary: dict[str, dict]) -> dict[str, float | None] | None:
     """SaLSA against the released SaLSA: ratio of ms/step and reduction of the excess."""
     if REFERENCE not in summary:
         return None
-    ours, reference = summary[OURS], summary[REFERENCE]
+    ours, reference = summary[OURS if OURS in summary else OURS_FOREACH], summary[REFERENCE]
     reduction = 100.0 * (1.0 - ours["excess_ms"] / reference["excess_ms"]) if reference["excess_ms"] else None
     return {
         "ms_per_step_ratio": ours["ms_per_step"] / reference["ms_per_step"],
@@ -426,28 +465,36 @@ def synchronizer(device: torch.device) -> Sync:
 
 
 def bench_workload(
-    workload: Workload, specs: list[OptimizerSpec], device: torch.device, steps: int, block: int
+    workload: Workload, specs: list[OptimizerSpec], device: torch.device, steps: int, block: int, runs: int,
+    baseline: str = BASELINE,
 ) -> dict:
+    """``runs`` interleaved runs of every contender, each from the same model on fresh copies;
+    each block compared with the ``baseline`` block of its round."""
     torch.manual_seed(SEED)
     model = workload.build().to(device).train()
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters())
     sync = synchronizer(device)
     batch = workload.batch(device)
-    contenders = [make_contender(spec, model, batch, sync) for spec in specs]
-    blocks = run_interleaved(contenders, steps, block, sync)
-
-    baselines = {b.round: b for b in blocks if b.optimizer == BASELINE}
-    measured = [b for b in blocks if b.round > 0]  # round 0 is the warm-up
-    stats = {(b.round, b.optimizer): block_stats(b, baselines[b.round]) for b in measured}
-    summary = {}
-    for contender in contenders:
-        raw = [b for b in measured if b.optimizer == contender.spec.name]
-        own_stats = [stats[b.round, b.optimizer] for b in raw]
-        summary[contender.spec.name] = summarise(contender, own_stats, raw, param_bytes)
+    summaries, all_blocks = [], []
+    for run in range(runs):
+        contenders = [make_contender(spec, model, batch, sync) for spec in specs]
+        blocks = run_interleaved(contenders, steps, block, sync)
+        baselines = {b.round: b for b in blocks if b.optimizer == baseline}
+        measured = [b for b in blocks if b.round > 0]  # round 0 is the warm-up
+        stats = {(b.round, b.optimizer): block_stats(b, baselines[b.round]) for b in measured}
+        summary = {}
+        for contender in contenders:
+            raw = [b for b in measured if b.optimizer == contender.spec.name]
+            own_stats = [stats[b.round, b.optimizer] for b in raw]
+            summary[contender.spec.name] = summarise(contender, own_stats, raw, param_bytes, n_params)
+        summaries.append(summary)
+        all_blocks += [{"run": run, **asdict(b), **stats.get((b.round, b.optimizer), {})} for b in blocks]
+    summary = over_runs(summaries)
     return {
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": n_params,
         "param_bytes": param_bytes,
-        "blocks": [{**asdict(b), **stats.get((b.round, b.optimizer), {})} for b in blocks],
+        "blocks": all_blocks,
         "summary": summary,
         "salsa_vs_reference": versus_reference(summary),
     }
@@ -465,6 +512,7 @@ COLUMNS = (
     "excess ms",
     "excess % of t_Adam",
     "memory (x params)",
+    "state B/param",
 )
 
 
@@ -473,18 +521,25 @@ def table_row(cells: Iterable[object]) -> str:
 
 
 def markdown(results: dict[str, dict], meta: dict[str, Any]) -> str:
+    baseline = meta.get("baseline", BASELINE)
+    runs = meta.get("runs", 1)
     setting = (
         f"torch {meta['torch']}, {meta['threads']} threads, {meta['steps']} steps per optimizer in "
-        f"interleaved blocks of {meta['block']} (order rotated every round, first round discarded), {meta['date']}, "
-        f"load average {meta['load_average'][0]:.2f} at the start, {meta['load_average_end'][0]:.2f} at the end."
+        f"interleaved blocks of {meta['block']} (order rotated every round, first round discarded)"
+        + (f", {runs} such runs in one process (medians over runs; each run's excess in brackets)" if runs > 1 else "")
+        + f", {meta['date']}, load average {meta['load_average'][0]:.2f} at the start, "
+        f"{meta['load_average_end'][0]:.2f} at the end."
     )
+    kernel = meta.get("fused_kernel")
+    if kernel:
+        setting += " " + kernel_sentence(kernel)
     if meta.get("allocator"):
         # Adam allocates parameter-sized temporaries every step; whether glibc serves them from
         # the heap or from fresh (page-faulting) mappings moves t_Adam by several percent.
         setting += " Allocator settings: " + ", ".join(f"{k}={v}" for k, v in meta["allocator"].items()) + "."
     definition = (
         "Excess: median over blocks of [median over steps of (step time - own trial forwards) - t_Adam], "
-        "t_Adam = median Adam step time of the same round."
+        f"t_Adam = median {baseline} step time of the same round."
     )
     lines = [
         f"# Optimizer step cost on {meta['device']} ({meta['device_name']})",
@@ -497,8 +552,13 @@ def markdown(results: dict[str, dict], meta: dict[str, Any]) -> str:
     ]
     for workload, result in results.items():
         for name, s in result["summary"].items():
+            per_run = (
+                " (" + ", ".join(f"{run['excess_pct']:.1f}" for run in s["runs"]) + ")"
+                if len(s.get("runs", [])) > 1 else ""
+            )
             excess_cells = (
-                ["baseline"] * 2 if name == BASELINE else [f"{s['excess_ms']:.2f}", f"{s['excess_pct']:.1f}%"]
+                ["baseline"] * 2 if name == baseline
+                else [f"{s['excess_ms']:.2f}", f"{s['excess_pct']:.1f}%{per_run}"]
             )
             memory = f"{s['memory_mb']:.1f} MB ({s['memory_x_params']:.2f}x)"
             lines.append(
@@ -511,17 +571,40 @@ def markdown(results: dict[str, dict], meta: dict[str, Any]) -> str:
                         f"{s['trial_fwd_ms_per_step']:.2f}",
                         *excess_cells,
                         memory,
+                        f"{s['state_bytes_per_param']:.1f}",
                     ]
                 )
             )
     comparisons = {w: r["salsa_vs_reference"] for w, r in results.items() if r["salsa_vs_reference"]}
     if comparisons:
-        lines += ["", table_row(["workload", f"ms/step {OURS} / reference", "excess reduction vs reference"])]
+        ours = OURS if any(OURS in r["summary"] for r in results.values()) else OURS_FOREACH
+        lines += ["", table_row(["workload", f"ms/step {ours} / reference", "excess reduction vs reference"])]
         lines.append(table_row(["---", "---:", "---:"]))
         for workload, c in comparisons.items():
             reduction = "n/a" if c["excess_reduction_pct"] is None else f"{c['excess_reduction_pct']:.0f}%"
             lines.append(table_row([workload, f"{c['ms_per_step_ratio']:.3f}", reduction]))
     return "\n".join(lines) + "\n"
+
+
+def kernel_meta(device: torch.device) -> dict[str, Any]:
+    """Whether ``device`` has the fused kernels and, on CPU, what loading (or building) the
+    extension cost in this process."""
+    reason = _fused.unavailable_reason(device.type)
+    info: dict[str, Any] = {"available": reason is None, "reason": reason}
+    if reason is None and device.type == "cpu":
+        build = _fused_cpu.build()
+        info.update(compiled=build.compiled, seconds=round(build.seconds, 3), library=str(build.library))
+    return info
+
+
+def kernel_sentence(kernel: dict[str, Any]) -> str:
+    if not kernel["available"]:
+        return f"No fused kernel here ({kernel['reason']}): foreach rows only."
+    if "compiled" not in kernel:
+        return "Fused kernels available."
+    if kernel["compiled"]:
+        return f"The fused CPU kernel was compiled by this run (first use on this machine): {kernel['seconds']:.1f} s."
+    return f"The fused CPU kernel was loaded from an earlier build in {1e3 * kernel['seconds']:.1f} ms (--cold-build times its compilation)."
 
 
 def device_name(device: torch.device) -> str:
@@ -552,8 +635,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--attribute",
         action="store_true",
-        help="add SaLSA with ||g||^2 (the finiteness check) or <g, Pg> (the Armijo test's inner "
-        "product) taken twice, to measure what each costs where it runs",
+        help="add SaLSA (fused) taking ||g||^2 (the finiteness check) twice, to measure what that "
+        "pass costs where it runs",
+    )
+    parser.add_argument("--runs", type=int, default=1, help="interleaved runs per workload (medians over runs)")
+    parser.add_argument(
+        "--optimizers", help="comma-separated names of the rows to run (the baseline always runs; default: all)"
+    )
+    parser.add_argument("--baseline", default=BASELINE, help=f"the row excesses are measured from ({BASELINE})")
+    parser.add_argument(
+        "--cold-build", action="store_true",
+        help="compile the fused CPU kernel into a fresh directory first, to time its first use",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -562,6 +654,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.workloads) - set(WORKLOADS))
     if unknown:
         parser.error(f"unknown workloads {unknown}; choose from {sorted(WORKLOADS)}")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
     if args.block < 1 or args.steps <= args.block:
         parser.error("need 1 <= --block < --steps: the first round of blocks is a discarded warm-up")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -592,8 +686,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cold_build:  # before anything loads the kernel in this process
+        os.environ["TORCH_EXTENSIONS_DIR"] = tempfile.mkdtemp(prefix="bench_optim_build_")
     device = torch.device(args.device)
-    specs = optimizer_specs(args.attribute)
+    with reported("the fused kernel (built on first use on this machine)"):
+        kernel = kernel_meta(device)
+    specs = optimizer_specs(device, args.attribute)
+    wanted = {args.baseline, *(args.optimizers.split(",") if args.optimizers else [])}
+    missing = wanted - {spec.name for spec in specs}
+    no_kernel = {name for name in missing if name.endswith(" (fused)") and name != args.baseline
+                 and any(name == f"{search} (fused)" for search, _ in ADAM_SEARCHES)}
+    if missing - no_kernel:
+        sys.exit(f"bench_optim: unknown optimizers {sorted(missing - no_kernel)}; "
+                 f"choose from {[spec.name for spec in specs]}")
+    if no_kernel:
+        print(f"bench_optim: left out {sorted(no_kernel)}: {kernel['reason']}", file=sys.stderr)
+    if args.optimizers:
+        specs = [spec for spec in specs if spec.name in wanted]
+    specs.sort(key=lambda spec: spec.name != args.baseline)  # the baseline first in the first round
     meta = {
         "torch": torch.__version__,
         "device": args.device,
@@ -601,6 +711,10 @@ def main(argv: list[str] | None = None) -> None:
         "threads": torch.get_num_threads(),
         "steps": args.steps,
         "block": args.block,
+        "runs": args.runs,
+        "baseline": args.baseline,
+        "searches": [name for name, _ in ADAM_SEARCHES],  # each a "(fused)" and a "(foreach)" row
+        "fused_kernel": kernel,
         "optimizers": [spec.name for spec in specs],
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "load_average": os.getloadavg(),
@@ -608,8 +722,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     results: dict[str, dict] = {}
     for name in args.workloads:
-        with reported(f"{name}: {args.steps} steps x {len(specs)} optimizers"):
-            results[name] = bench_workload(WORKLOADS[name], specs, device, args.steps, args.block)
+        with reported(f"{name}: {args.runs} x {args.steps} steps x {len(specs)} optimizers"):
+            results[name] = bench_workload(
+                WORKLOADS[name], specs, device, args.steps, args.block, args.runs, args.baseline
+            )
         meta["load_average_end"] = os.getloadavg()
         table = write_report(args.out, meta, results)  # after every workload: a long run may be cut short
     print(table)

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # One command on a machine with a CUDA device, within 8 minutes: the CUDA tests
 # (python -m pytest -m cuda) and the benchmark's GPU workloads (scripts/bench_optim.py --device cuda:
-# the three CPU workloads and BERT-base), reported in <out>/gpu_check_<device>.json and .md with the
+# the three CPU workloads and BERT-base; the searches on their fused path, Triton, and on their
+# foreach path against fused AdamW), reported in <out>/gpu_check_<device>.json and .md with the
 # logs beside them (scripts/gpu_check_report.py); bench_optim_cuda.json/.md land in <out> as well.
 #
 #   scripts/gpu_check.sh
 #
 # Settings (environment): PYTHON (python), GPU_CHECK_OUT (outputs/gpu_check, ignored by git),
 # GPU_CHECK_TESTS_TIMEOUT_S (260), GPU_CHECK_BENCH_TIMEOUT_S (170), GPU_CHECK_BENCH_STEPS (120, in
-# blocks of 20), GPU_CHECK_BENCH_WORKLOADS (mlp,cnn,transformer,bert). Each part runs under its own
+# blocks of 20), GPU_CHECK_BENCH_WORKLOADS (mlp,cnn,transformer,bert), GPU_CHECK_BENCH_OPTIMIZERS (the
+# rows: fused AdamW, the baseline, then fused Adam, SaLSA and adamsls on each path and L4Adam fused;
+# where the GPU has no fused kernels the fused rows are left out and the report says why). Each part runs under its own
 # time limit (GNU timeout: SIGINT, so that pytest still writes its XML, then SIGKILL 10 s later); a
 # part stopped by it is reported as such, with what it finished. With the defaults the whole check
 # ends within 30 + 270 + 180 s = 8 minutes.
@@ -23,6 +26,8 @@ tests_timeout=${GPU_CHECK_TESTS_TIMEOUT_S:-260}
 bench_timeout=${GPU_CHECK_BENCH_TIMEOUT_S:-170}
 bench_steps=${GPU_CHECK_BENCH_STEPS:-120}
 workloads=${GPU_CHECK_BENCH_WORKLOADS:-mlp,cnn,transformer,bert}
+baseline="AdamW (fused)"
+optimizers=${GPU_CHECK_BENCH_OPTIMIZERS:-Adam (fused),SaLSA (fused),SaLSA (foreach),adamsls (fused),adamsls (foreach),L4Adam (fused)}
 
 refuse() {
     echo "gpu_check: $*; nothing was run" >&2
@@ -67,8 +72,8 @@ timeout --signal=INT --kill-after=10 "$tests_timeout" "$python" -m pytest -m cud
 tests_rc=${PIPESTATUS[0]}
 
 timeout --signal=INT --kill-after=10 "$bench_timeout" "$python" scripts/bench_optim.py --device cuda \
-    --workloads "$workloads" --steps "$bench_steps" --block 20 --out "$work/bench" 2>&1 \
-    | tee "$work/bench.log"
+    --workloads "$workloads" --steps "$bench_steps" --block 20 --baseline "$baseline" \
+    --optimizers "$optimizers" --out "$work/bench" 2>&1 | tee "$work/bench.log"
 bench_rc=${PIPESTATUS[0]}
 # The benchmark writes its JSON after every workload: keep what it measured, even if stopped.
 mkdir -p "$out" && cp "$work"/bench/bench_optim_cuda.* "$out"/ 2>/dev/null

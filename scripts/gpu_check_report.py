@@ -1,5 +1,6 @@
 """The report of ``scripts/gpu_check.sh``: the CUDA tests' outcomes and the benchmark's numbers on
-one GPU, as ``<out>/gpu_check_<device-slug>.json`` and ``.md``.
+one GPU, as ``<out>/gpu_check_<device-slug>.json`` and ``.md``; among them the searches' fused path
+(the Triton kernels) beside their foreach path, against fused AdamW.
 
 Inputs are what the shell script collected: pytest's JUnit XML (or, when pytest was stopped
 before writing it, its ``-v`` log), pytest's exit code, ``bench_optim_cuda.json`` as
@@ -138,14 +139,16 @@ def pytest_section(xml: Path | None, log: Path | None, exit_code: int, timed_out
 
 
 BENCH_KEYS = ("ms_per_step", "forwards_per_step", "trial_fwd_ms_per_step", "t_adam_ms", "excess_ms",
-              "excess_pct", "memory_mb", "memory_x_params", "final_loss")
+              "excess_pct", "memory_mb", "memory_x_params", "state_bytes_per_param", "final_loss")
+FUSED, FOREACH = " (fused)", " (foreach)"  # how the benchmark names a search's two paths
 
 
-def bench_section(path: Path | None, requested: list[str], exit_code: int, timed_out: bool,
-                  baseline: str = "Adam") -> dict[str, Any]:
-    """The numbers of ``bench_optim_cuda.json`` (one row per workload and optimizer); the
-    workloads asked for but absent from the file were not measured (failure or timeout)."""
+def bench_section(path: Path | None, requested: list[str], exit_code: int, timed_out: bool) -> dict[str, Any]:
+    """The numbers of ``bench_optim_cuda.json`` (one row per workload and optimizer, the excess
+    measured from the benchmark's baseline, which its meta names); the workloads asked for but
+    absent from the file were not measured (failure or timeout)."""
     data = json.loads(path.read_text()) if path is not None and path.exists() else {"meta": {}, "results": {}}
+    baseline = data.get("meta", {}).get("baseline", "Adam")  # files written before it was named
     results = data.get("results", {})
     rows = []
     for workload, result in results.items():
@@ -165,6 +168,9 @@ def bench_section(path: Path | None, requested: list[str], exit_code: int, timed
         "steps": meta.get("steps"),
         "block": meta.get("block"),
         "date": meta.get("date"),
+        "baseline": baseline,
+        "searches": meta.get("searches", []),
+        "fused_kernel": meta.get("fused_kernel"),
         "rows": rows,
         "salsa_vs_reference": {
             w: r["salsa_vs_reference"] for w, r in results.items() if r.get("salsa_vs_reference")
@@ -234,9 +240,11 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if bench["rows"]:
         lines += [
+            f"Excess: step time beyond the optimizer's own trial forwards, minus {bench['baseline']}'s.",
+            "",
             "| workload | optimizer | ms/step | forwards/step | trial fwd ms/step | excess ms "
-            "| excess % of t_Adam | memory |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| excess % of baseline | memory | state B/param |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for row in bench["rows"]:
             baseline = row["excess_ms"] is None
@@ -245,8 +253,10 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_cell(row['forwards_per_step'], '.2f')} | {_cell(row['trial_fwd_ms_per_step'], '.2f')} | "
                 f"{'baseline' if baseline else _cell(row['excess_ms'], '.2f')} | "
                 f"{'baseline' if baseline else _cell(row['excess_pct'], '.1f') + '%'} | "
-                f"{_cell(row['memory_mb'], '.1f')} MB ({_cell(row['memory_x_params'], '.2f')}x) |"
+                f"{_cell(row['memory_mb'], '.1f')} MB ({_cell(row['memory_x_params'], '.2f')}x) | "
+                f"{_cell(row.get('state_bytes_per_param'), '.1f')} |"
             )
+        lines += fused_section(bench)
     else:
         lines.append("No workload was measured.")
     if bench["not_measured"]:
@@ -256,6 +266,30 @@ def markdown(report: dict[str, Any]) -> str:
     elif bench["exit_code"] != 0:
         lines += ["", f"The benchmark exited with code {bench['exit_code']}."]
     return "\n".join(lines) + "\n"
+
+
+def fused_section(bench: dict[str, Any]) -> list[str]:
+    """The searches' fused path beside their foreach path, both against the baseline (fused
+    AdamW in ``gpu_check.sh``): excess in % of its step and optimizer state per parameter."""
+    rows = {(r["workload"], r["optimizer"]): r for r in bench["rows"]}
+    pairs = [(w, search) for w in bench["workloads_measured"] for search in bench["searches"]
+             if (w, search + FUSED) in rows]
+    kernel = bench.get("fused_kernel") or {}
+    if not pairs:
+        why = f" ({kernel['reason']})" if kernel.get("reason") else ""
+        return ["", f"The fused path was not measured{why}."]
+    lines = [
+        "", f"## Fused path against {bench['baseline']}", "",
+        "| workload | search | fused: excess % | foreach: excess % | fused: state B/param | foreach: state B/param |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for workload, search in pairs:
+        fused, foreach = rows[workload, search + FUSED], rows.get((workload, search + FOREACH), {})
+        lines.append(
+            f"| {workload} | {search} | {_cell(fused['excess_pct'], '.1f')} | {_cell(foreach.get('excess_pct'), '.1f')} | "
+            f"{_cell(fused.get('state_bytes_per_param'), '.1f')} | {_cell(foreach.get('state_bytes_per_param'), '.1f')} |"
+        )
+    return lines
 
 
 def summary_line(report: dict[str, Any], md_path: Path) -> str:

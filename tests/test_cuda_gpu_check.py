@@ -168,7 +168,8 @@ def test_a_log_cut_short_counts_what_ran(tmp_path):
 def _summary(ms: float, excess_ms: float | None, forwards: float, memory_mb: float, x_params: float) -> dict:
     return {"ms_per_step": ms, "forwards_per_step": forwards, "trial_fwd_ms_per_step": ms / 4,
             "t_adam_ms": 2.0, "excess_ms": excess_ms or 0.0, "excess_pct": 100 * (excess_ms or 0.0) / 2.0,
-            "memory_mb": memory_mb, "memory_x_params": x_params, "final_loss": 1.25}
+            "memory_mb": memory_mb, "memory_x_params": x_params, "state_bytes_per_param": 4 * x_params,
+            "final_loss": 1.25}
 
 
 def _bench_json(folder: Path, workloads: list[str]) -> Path:
@@ -219,8 +220,8 @@ def test_report_of_a_failing_check_names_failures_and_what_was_not_measured(tmp_
     assert rows["mlp", "SaLSA"]["excess_ms"] == 0.08 and rows["mlp", "SaLSA"]["forwards_per_step"] == 1.95
     md = md_path.read_text()
     assert "Result: **FAILED**" in md
-    assert "| mlp | SaLSA | 3.10 | 1.95 | 0.78 | 0.08 | 4.0% | 21.3 MB (3.00x) |" in md
-    assert "| mlp | Adam | 2.00 | 1.00 | 0.50 | baseline | baseline | 14.2 MB (2.00x) |" in md
+    assert "| mlp | SaLSA | 3.10 | 1.95 | 0.78 | 0.08 | 4.0% | 21.3 MB (3.00x) | 12.0 |" in md
+    assert "| mlp | Adam | 2.00 | 1.00 | 0.50 | baseline | baseline | 14.2 MB (2.00x) | 8.0 |" in md
     assert "| `test_fixture.py::test_fail` | failed |" in md
     assert "| `test_fixture.py::test_known_bug` | xfailed | " in md
     assert "Not measured: bert (the benchmark was stopped by its time limit)." in md
@@ -245,3 +246,27 @@ def test_a_run_in_which_every_test_was_skipped_is_not_a_pass(tmp_path):
     bench = _bench_json(tmp_path / "bench", ["mlp", "cnn", "bert"])
     assert report.main(_args(tmp_path, xml, log, 0, bench, 0)) == 1
     assert not json.loads((tmp_path / "out" / "gpu_check_fake-gpu-80gb.json").read_text())["tests_ok"]
+
+
+def test_the_report_sets_the_fused_path_beside_the_foreach_path_against_fused_adamw(tmp_path):
+    meta = {"torch": "2.14.1", "device": "cuda", "device_name": "Fake GPU", "threads": 16, "steps": 120,
+            "block": 20, "date": "2026-12-06T00:00:00+00:00", "load_average": [0.1, 0.1, 0.1],
+            "load_average_end": [0.2, 0.2, 0.2], "allocator": {}, "baseline": "AdamW (fused)",
+            "searches": ["SaLSA", "adamsls"], "fused_kernel": {"available": True, "reason": None}}
+    summary = {"AdamW (fused)": _summary(2.0, None, 1.0, 14.2, 2.0),
+               "SaLSA (fused)": _summary(2.1, 0.04, 1.95, 14.2, 2.0),
+               "SaLSA (foreach)": _summary(2.6, 0.5, 1.95, 21.3, 3.0)}
+    results = {"mlp": {"parameters": 1000, "param_bytes": 4000, "blocks": [], "salsa_vs_reference": None,
+                       "summary": summary}}
+    bench_optim.write_report(tmp_path, meta, results)
+    section = report.bench_section(tmp_path / "bench_optim_cuda.json", ["mlp"], 0, timed_out=False)
+    assert section["baseline"] == "AdamW (fused)"
+    md = "\n".join(report.fused_section(section))
+    assert "## Fused path against AdamW (fused)" in md
+    assert "| mlp | SaLSA | 2.0 | 25.0 | 8.0 | 12.0 |" in md  # excess %, state bytes per parameter
+
+    del summary["SaLSA (fused)"]
+    meta["fused_kernel"] = {"available": False, "reason": "No module named 'triton'"}
+    bench_optim.write_report(tmp_path, meta, results)
+    section = report.bench_section(tmp_path / "bench_optim_cuda.json", ["mlp"], 0, timed_out=False)
+    assert report.fused_section(section)[-1] == "The fused path was not measured (No module named 'triton')."

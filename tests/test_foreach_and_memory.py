@@ -1,4 +1,5 @@
-"""The foreach implementation against a plain per-tensor loop, and the memory it keeps."""
+"""The foreach implementation against a plain per-tensor loop, and the memory it keeps (the
+fused path is held to the same loops here, and to the foreach path in ``test_fused.py``)."""
 
 from __future__ import annotations
 
@@ -32,14 +33,19 @@ def loop_salsa_step(params, grads, moments, step, eta_prev, avg_g, avg_d, loss0,
         eta *= 0.8
 
 
-@pytest.mark.parametrize(
-    "group_bytes", [directions.CPU_GROUP_BYTES, 1], ids=["one_group", "group_per_tensor"]
-)
-def test_salsa_matches_a_per_tensor_loop(group_bytes, monkeypatch):
+PATHS = [  # (fused, CPU_GROUP_BYTES): the foreach path's cache groups matter to it alone
+    pytest.param(False, directions.CPU_GROUP_BYTES, id="foreach_one_group"),
+    pytest.param(False, 1, id="foreach_group_per_tensor"),
+    pytest.param(True, directions.CPU_GROUP_BYTES, id="fused"),
+]
+
+
+@pytest.mark.parametrize(("fused", "group_bytes"), PATHS)
+def test_salsa_matches_a_per_tensor_loop(fused, group_bytes, monkeypatch):
     monkeypatch.setattr(directions, "CPU_GROUP_BYTES", group_bytes)
     model = small_mlp(dtype=torch.float64)
     x, y = classification_batch(dtype=torch.float64)
-    opt = SaLSA(model.parameters(), speed_up=False)
+    opt = SaLSA(model.parameters(), speed_up=False, fused=fused)
     closure = model_closure(model, x, y)
     names = [n for n, _ in model.named_parameters()]
 
@@ -83,10 +89,10 @@ def test_cache_groups_are_consecutive_cover_every_tensor_and_fit_the_budget(monk
 @pytest.mark.parametrize(
     "make",
     [
-        lambda params: SaLSA(params, forced_searches=3),
-        lambda params: SaLSA(params, use_mv=True),
-        lambda params: SLS(params, direction="adam"),
-        lambda params: L4(params),
+        lambda params: SaLSA(params, forced_searches=3, fused=False),
+        lambda params: SaLSA(params, use_mv=True, fused=False),
+        lambda params: SLS(params, direction="adam", fused=False),
+        lambda params: L4(params, fused=False),
     ],
     ids=["salsa", "salsa_use_mv", "sls_adam", "l4"],
 )
@@ -128,7 +134,7 @@ def state_tensors(opt) -> list:
     return out
 
 
-def test_memory_is_at_most_adams_state_plus_one_buffer():
+def test_memory_of_the_foreach_path_is_at_most_adams_state_plus_one_buffer():
     x, y = classification_batch()
     param_bytes = tensor_bytes(small_mlp().parameters())
 
@@ -138,8 +144,9 @@ def test_memory_is_at_most_adams_state_plus_one_buffer():
     adam.step()
     adam_bytes = tensor_bytes(state_tensors(adam))
 
-    for make in (lambda p: SaLSA(p), lambda p: SaLSA(p, use_mv=True), lambda p: SLS(p, direction="adam"),
-                 lambda p: SaLSA(p, step_along="momentum")):
+    for make in (lambda p: SaLSA(p, fused=False), lambda p: SaLSA(p, use_mv=True, fused=False),
+                 lambda p: SLS(p, direction="adam", fused=False),
+                 lambda p: SaLSA(p, step_along="momentum", fused=False)):
         model = small_mlp()
         opt = make(model.parameters())
         for _ in range(12):
@@ -156,14 +163,12 @@ def test_memory_is_at_most_adams_state_plus_one_buffer():
     assert tensor_bytes(state_tensors(sgd_sls)) == 0  # plain SLS keeps no tensors at all
 
 
-@pytest.mark.parametrize(
-    "group_bytes", [directions.CPU_GROUP_BYTES, 1], ids=["one_group", "group_per_tensor"]
-)
-def test_a_step_the_speed_up_rule_skips_moves_by_eta_prev_along_adams_update(group_bytes, monkeypatch):
+@pytest.mark.parametrize(("fused", "group_bytes"), PATHS)
+def test_a_step_the_speed_up_rule_skips_moves_by_eta_prev_along_adams_update(fused, group_bytes, monkeypatch):
     """theta <- theta0 - eta_prev * m_hat / (sqrt(v_hat) + eps), from the moments after the step."""
     monkeypatch.setattr(directions, "CPU_GROUP_BYTES", group_bytes)
     model = small_mlp(dtype=torch.float64)
-    opt = SaLSA(model.parameters(), forced_searches=2)
+    opt = SaLSA(model.parameters(), forced_searches=2, fused=fused)
     for i in range(4):
         if i == 3:  # accepted step sizes settled: fast EMA = slow EMA, search every 10 steps
             opt.param_groups[0]["avg_step_size_fast"] = opt.param_groups[0]["avg_step_size_slow"]
