@@ -557,10 +557,13 @@ def _fsdp_worker(rank: int, port: int, out_dir: str) -> None:
     try:
         mesh = init_device_mesh("cpu", (WORLD_SIZE,))
         x, y = _data(rank)
+        # In float64: these searches backtrack up to 14 times a step on inputs of two scales, and
+        # float32's rounding differences between the paths then grow about threefold a step.
+        x = x.double()
         results = {}
         for name in FSDP_VARIANTS:
             for fused in (True, False):
-                model = _model()
+                model = _model().double()
                 fully_shard(model, mesh=mesh, reshard_after_forward=True)
                 opt = VARIANTS[name](list(model.parameters()), fused)
                 decisions = []
