@@ -85,7 +85,8 @@ def _tasks(datasets: Iterable[str], model: str, preset: str) -> dict[Task, str]:
 GRIDS = {
     grid.name: grid
     for grid in (
-        Grid("nlp", _tasks(("mnli", "qnli", "mrpc", "sst2"), "bert", "paper/glue_bert"), PAPER_COLUMNS, seeds=5),
+        Grid("nlp", _tasks(("mnli", "qnli", "mrpc", "sst2"), "bert", "paper/glue_bert"), PAPER_COLUMNS,
+             seeds=5),
         # docs/protocol.md records no seed count for GPT-2 either; a 124M model on OpenWebText gets
         # one per column.
         Grid("gpt2", _tasks(("openwebtext",), "gpt2", "paper/gpt2_openwebtext"), PAPER_COLUMNS, seeds=1),

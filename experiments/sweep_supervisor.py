@@ -132,7 +132,8 @@ def run_multiruns(multiruns: Sequence[Multirun], grid_dir: Path, options: Option
             try:
                 started.append(launch(multirun, grid_dir, options, env))
             except OSError as error:
-                not_launched(multirun, multirun_log(multirun, grid_dir, options.launcher), error, grid_dir, attempts)
+                log = multirun_log(multirun, grid_dir, options.launcher)
+                not_launched(multirun, log, error, grid_dir, attempts)
                 continue
             stopping.running.append(started[-1].process)
         for launched in started:
@@ -198,5 +199,6 @@ def describe_failure(run: Run, attempt: Attempt | None) -> str:
     else:
         refusal = read_refusal_note(attempt.refusals, run.run_dir)
         cause = f"refused: {refusal}" if refusal else "it wrote nothing (see its log)"
-        what = f"no record: {cause}" if summary is None else f"its record is as before (status {summary.status}): {cause}"
+        what = (f"no record: {cause}" if summary is None
+                else f"its record is as before (status {summary.status}): {cause}")
     return f"  {run.name}: {what}\n    log: {log}\n    run dir: {run.run_dir}"

@@ -67,7 +67,9 @@ from matplotlib.figure import Figure  # not pyplot: no global figure state, no d
 from experiments.errors import RecordError  # noqa: E402
 from experiments.grid import column_order, task_order  # noqa: E402
 from experiments.paths import REPO  # noqa: E402
-from experiments.results import RecordedRun, counted_runs, read_run_dirs, read_wandb, sources_text  # noqa: E402
+from experiments.results import (  # noqa: E402
+    RecordedRun, counted_runs, read_run_dirs, read_wandb, sources_text,
+)
 
 PAPER_DIR = REPO / "results" / "paper"
 MISSING = "–"

@@ -194,7 +194,8 @@ def draw_once(ax: Axes, panel: Panel, stats: dict[str, pd.DataFrame], colors: di
         ax.set_yscale("log")
 
 
-def task_figure(task: Task, runs: Sequence[RecordedRun], colors: dict[str, Color], beta: float = BETA) -> Figure:
+def task_figure(task: Task, runs: Sequence[RecordedRun], colors: dict[str, Color],
+                beta: float = BETA) -> Figure:
     """The figure of one task: the three panels, one line per optimizer label of ``runs``."""
     runs_by_label = {label: [r for r in runs if r.label == label]
                      for label in column_order(r.label for r in runs)}

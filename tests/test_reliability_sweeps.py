@@ -12,7 +12,7 @@ import pytest
 
 import run_multiple
 from experiments import sweep_supervisor
-from experiments.record import list_checkpoints
+from experiments.record import REFUSALS_ENV, list_checkpoints, read_refusal_note
 from experiments.sweeps import keys_missing_from, swept_keys
 
 from harness_utils import CONF, main_in_process
@@ -80,6 +80,21 @@ def test_a_multirun_with_a_failed_run_finishes_the_others_and_exits_with_1(tmp_p
     finished = json.loads((tmp_path / "digits-small_cnn-salsa-seed1" / "summary.json").read_text())
     assert finished["status"] == "finished"
     assert not (tmp_path / "digits-small_cnn-salsa-seed0").exists()  # refused: its folder is removed
+
+
+def test_a_refused_run_leaves_a_note_only_where_a_supervisor_asks(tmp_path, monkeypatch, capsys):
+    """Its run folder is left as it was either way (here: never made); the note says why."""
+    monkeypatch.chdir(ROOT)
+    run_dir, notes = tmp_path / "run", tmp_path / "refusals"
+    argv = [*FAST, "trainer.batch_size=0", f"hydra.run.dir={run_dir}"]
+    monkeypatch.delenv(REFUSALS_ENV, raising=False)
+    assert main_in_process(argv) == 2
+    assert not run_dir.exists() and not notes.exists()
+    monkeypatch.setenv(REFUSALS_ENV, str(notes))
+    assert main_in_process(argv) == 2
+    assert not run_dir.exists()
+    assert read_refusal_note(notes, run_dir) == "trainer.batch_size must be positive, got 0"
+    assert "error: trainer.batch_size must be positive, got 0" in capsys.readouterr().err
 
 
 def fake_main(behaviour: dict[str, str]):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from omegaconf import OmegaConf
 import run_multiple
 from experiments import sweep_supervisor
 from experiments.grid import EXTRA_COLUMNS, PAPER_COLUMNS
-from experiments.paths import CONF, MAIN
+from experiments.paths import CONF, MAIN, REPO
 from experiments.sweep_plan import State, classify
 
 COUNT_LINE = re.compile(r"^(\w+): (\d+) runs \((\d+) tasks x (\d+) columns x (\d+) seeds\)", re.M)
@@ -54,6 +55,21 @@ def test_dry_run_counts(capsys, tmp_path, argv, expected):
     assert len({name for _, name in runs}) == len(runs)  # every run has a directory of its own
     assert {state for state, _ in runs} == {"fresh"}
     assert not any(tmp_path.iterdir())  # a dry run creates nothing
+
+
+@pytest.mark.parametrize("what", ["a dry run", "the record layer"])
+def test_planning_and_the_record_import_no_torch(tmp_path, what):
+    """A dry run plans from the runs' records alone, and the record layer names its errors
+    without the trainer: neither imports torch (``python -X importtime``, in a fresh process)."""
+    argv = {"a dry run": ["run_multiple.py", "nlp", "--dry-run", "--root", str(tmp_path)],
+            "the record layer": ["-c", "import experiments.record, experiments.errors, experiments.grid"],
+            }[what]
+    done = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert imported  # importtime reported
+    assert [line for line in imported if " torch" in line] == []
 
 
 def test_nlp_grid_is_the_paper_table(capsys, tmp_path):
@@ -123,7 +139,7 @@ def arg(cmd: list[str], key: str) -> str | None:
     return values[-1] if values else None
 
 
-def test_batched_launchers_sweep_only_what_is_left(capsys, tmp_path):
+def test_multirun_launchers_sweep_only_what_is_left(capsys, tmp_path):
     grid = tmp_path / "image"
     _summary(grid / "cifar10-resnet34_cifar-l4_adam-seed1", "finished")
     out = dry_run(capsys, "image", "--tasks", "cifar10", "--extra", "--launcher", "joblib", "--n-jobs", "3",
