@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import json
 import math
 import random
 import sys
@@ -35,14 +34,17 @@ from optim import ClosureOptimizer
 
 from . import distributed, signals, speed
 from .checkpoint import PAYLOAD_KEYS, load_latest_checkpoint
-from .config import ConfigError, Device, check_config
+from .config import DecayScope, Device
 from .data import DataBundle
-from .logging import SUMMARY, Loggers, RunRecord, WandbSink, check_wandb
-from .param_groups import DecayScope, parameter_groups
-from .run_dir import Claim, RunRefused, check_record, claimed, clear_interrupted_writes, refuse_unusable_checkpoints
-from .signals import Interrupted, signal_name
+from .errors import ConfigError, Interrupted, RunRefused, TrainingDiverged
+from .logging import Loggers, WandbSink, check_wandb
+from .param_groups import parameter_groups
+from .preflight import check_config
+from .record import RunRecord, Status, read_summary
+from .run_dir import Claim, check_record, claimed, clear_interrupted_writes, refuse_unusable_checkpoints
+from .signals import signal_name
 from .slurm import TIME_LIMIT_SIGNAL, SlurmJob
-from .trainer import Trainer, TrainingDiverged
+from .trainer import Trainer
 
 
 def seed_everything(seed: int) -> None:
@@ -160,11 +162,8 @@ def _continues_requeued_job(run_dir: Path, job: SlurmJob | None) -> bool:
     record in ``run_dir``: SLURM starts the same command again, which must continue that record."""
     if job is None or job.restarts == 0:
         return False
-    try:
-        recorded = json.loads((run_dir / SUMMARY).read_text()).get("slurm_job_id")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return recorded == job.job_id
+    summary = read_summary(run_dir)
+    return summary is not None and summary.slurm_job_id == job.job_id
 
 
 def _agreed_resume_point(cfg: DictConfig, run_dir: Path,
@@ -262,13 +261,13 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
             )
         if checkpoint is not None:
             trainer.load(checkpoint)
-        summary = {"status": "finished", **header, **trainer.fit()}
+        summary = {"status": Status.finished, **header, **trainer.fit()}
         if process.device.type == "cpu" and process.world_size == 1:
             with signals.stop_signals_ignored():  # the run is complete: a stop now must not undo that
                 _note_if_slow(summary, trainer)
     except BaseException as error:  # the record says what happened, then the error propagates
         interrupted = isinstance(error, (Interrupted, KeyboardInterrupt))
-        summary = {"status": "interrupted" if interrupted else "failed", **header,
+        summary = {"status": Status.interrupted if interrupted else Status.failed, **header,
                    "error": f"{type(error).__name__}: {error}"}
         if isinstance(error, TrainingDiverged):  # an outcome of the optimizer, not of the machine:
             summary["diverged"] = True  # run again, it diverges again (run_multiple.py skips it)
@@ -326,7 +325,7 @@ def _requeue_if_cut_by_time_limit(stopped: Interrupted, summary: dict[str, Any],
         summary["error"] += f"; not requeued: {error}"
         return
     stopped.requeued = True
-    summary["status"] = "requeued"
+    summary["status"] = Status.requeued
 
 
 def _rows_lost(checkpoint: dict[str, Any] | None, kept: int, skipped: str | None) -> dict[str, Any]:
@@ -348,6 +347,6 @@ def _rows_lost(checkpoint: dict[str, Any] | None, kept: int, skipped: str | None
 def _begin(record: RunRecord, header: dict[str, Any], claim: Claim | None) -> None:
     """Write the small ``running`` summary: the record's first write, so that if even it fails
     (a full disk) nothing was written; from then on the directory holds this run's record."""
-    record.write_summary({"status": "running", **header})
+    record.write_summary({"status": Status.running, **header})
     if claim is not None:
         claim.keep()

@@ -30,18 +30,15 @@ from tqdm.auto import tqdm
 from optim import ClosureOptimizer, RNGSnapshot
 
 from .checkpoint import capture_rng, restore_rng, save_checkpoint
-from .config import ConfigError, Precision, TrainerConfig
+from .config import Precision, TrainerConfig
 from .data import DataBundle
 from .data.collate import InMemoryPairs
 from .distributed import max_over_ranks, mean_over_ranks
-from .signals import Interrupted, on_stop_signals, signal_name
+from .errors import ConfigError, Interrupted, TrainingDiverged
+from .signals import on_stop_signals, signal_name
 
 Batch = dict[str, Tensor]
 from .logging import Loggers
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive steps had a non-finite loss or gradient."""
 
 
 class EpochSampler(Sampler[list[int]]):

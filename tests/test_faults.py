@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from experiments.checkpoint import list_checkpoints, load_latest_checkpoint, save_checkpoint
-from experiments.trainer import Trainer, TrainingDiverged
+from experiments.errors import TrainingDiverged
+from experiments.trainer import Trainer
 
 from harness_utils import CONF, run_config
 

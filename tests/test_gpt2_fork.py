@@ -34,9 +34,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from experiments.config import ConfigError, Precision
+from experiments.config import DecayScope, Precision
 from experiments.data import DataSpec
-from experiments.param_groups import DecayScope, parameter_groups
+from experiments.errors import ConfigError
+from experiments.param_groups import parameter_groups
 from experiments.runner import build, cosine_warmup
 
 from harness_utils import run_config

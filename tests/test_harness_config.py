@@ -10,8 +10,9 @@ import torch
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from experiments.config import ConfigError, check_build_blocks, check_values
 from experiments.data import DataSpec
+from experiments.errors import ConfigError
+from experiments.preflight import check_build_blocks, check_values
 
 from harness_utils import CONF, compose_run_config
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from experiments.checkpoint import list_checkpoints
-from experiments.config import ConfigError
+from experiments.errors import ConfigError
 from experiments.trainer import Trainer
 
 from harness_utils import CONF, Crash, crashing_at_step, run_config

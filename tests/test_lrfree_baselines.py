@@ -15,7 +15,8 @@ import torch
 from hydra.utils import get_object, instantiate
 
 from experiments.checkpoint import list_checkpoints
-from experiments.config import ConfigError, check_build_blocks
+from experiments.errors import ConfigError
+from experiments.preflight import check_build_blocks
 from experiments.trainer import Trainer
 
 from harness_utils import compose_run_config, crash_then_resume, logged_rows, run_config

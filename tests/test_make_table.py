@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import make_table  # noqa: E402
-from run_records import counted_runs, read_run_dirs  # noqa: E402
+from experiments.results import counted_runs, read_run_dirs  # noqa: E402
 
 
 def write_run(

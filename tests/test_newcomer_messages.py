@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from experiments import hub_probe
-from experiments.config import ConfigError, check_build_blocks
 from experiments.data import DatasetNotFound, DataSpec
 from experiments.data import rotten_tomatoes as rt
 from experiments.data.hub import load_saved_or_hub
 from experiments.data.tokenization import load_tokenizer
+from experiments.errors import ConfigError
 from experiments.models.text import PretrainedNotFound, text_classifier
+from experiments.preflight import check_build_blocks
 from harness_utils import compose_run_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import make_table  # noqa: E402
-from run_records import counted_runs, read_run_dirs  # noqa: E402
+from experiments.results import counted_runs, read_run_dirs  # noqa: E402
 from test_make_table import write_run  # noqa: E402
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import run_multiple
-from experiments import runner
-from experiments.config import ConfigError, check_values
+from experiments import runner, sweep_plan, sweep_supervisor
+from experiments.errors import ConfigError
+from experiments.preflight import check_values
 from harness_utils import compose_run_config, run_config
 
 
@@ -76,17 +77,17 @@ def threads_overrides(command: list[str]) -> list[str]:
     (["mini", "trainer.threads=2"], ["trainer.threads=2"]),
 ])
 def test_dry_run_commands_carry_the_threads_of_each_run(capsys, tmp_path, monkeypatch, argv, expected):
-    monkeypatch.setattr(run_multiple.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(sweep_plan.os, "cpu_count", lambda: 8)
     commands = plan_commands(capsys, *argv, "--seeds", "1", "--root", str(tmp_path))
     assert commands
     for command in commands:
         assert threads_overrides(command) == expected
 
 
-def test_the_runs_environment_bounds_the_other_thread_pools(monkeypatch):
+def test_the_runs_environment_bounds_the_other_thread_pools(monkeypatch, tmp_path):
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(variable, raising=False)
-    env = run_multiple.child_env(3)
+    env = sweep_supervisor.child_env(3, tmp_path)
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
-    untouched = run_multiple.child_env(None)
+    untouched = sweep_supervisor.child_env(None, tmp_path)
     assert "OMP_NUM_THREADS" not in untouched and "MKL_NUM_THREADS" not in untouched

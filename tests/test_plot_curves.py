@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import plot_curves  # noqa: E402
-from run_records import read_run_dirs  # noqa: E402
+from experiments.results import read_run_dirs  # noqa: E402
 from test_make_table import write_run  # noqa: E402  (one writer of the record format for both)
 
 

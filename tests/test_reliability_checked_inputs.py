@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import http.server
 import socket
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
-from experiments.config import ConfigError, check_config
+from experiments.errors import ConfigError
+from experiments.grid import Task
+from experiments.preflight import check_config
+from experiments.results import RecordedRun, read_metrics_file
 from run_multiple import main as run_multiple
 
 from harness_utils import CONF, compose_run_config, main_in_process
 
 ROOT = CONF.parent
-sys.path.insert(0, str(ROOT / "scripts"))
-from run_records import Run, Task, read_metrics_file  # noqa: E402  (scripts/ is not a package)
 
 FAST = ["trainer.progress=false", "trainer.device=cpu", "trainer.max_steps=1"]
 
@@ -249,9 +249,9 @@ def test_the_scripts_skip_lines_that_are_not_rows_and_say_so(tmp_path, capsys):
 
 @pytest.mark.parametrize("value", ["fast", [1, 2], {"a": 1}, True])
 def test_a_summary_value_that_is_not_a_number_is_left_out_and_said(value, capsys):
-    run = Run(source="somewhere/run", task=Task("digits", "small_cnn"), label="ADAM", seed=0, status="finished",
-              summary={"final_val_accuracy": value, "final_loss": "nan"}, recorded_at=0.0,
-              read_metrics=lambda: (None, None))
+    run = RecordedRun(source="somewhere/run", task=Task("digits", "small_cnn"), label="ADAM", seed=0,
+                      status="finished", summary={"final_val_accuracy": value, "final_loss": "nan"},
+                      recorded_at=0.0, read_metrics=lambda: (None, None))
     assert run.final("final_val_accuracy") is None
     assert run.final("final_loss") != run.final("final_loss")  # "nan" is a number the record writes
     assert "summary.json's final_val_accuracy is not a number" in capsys.readouterr().err

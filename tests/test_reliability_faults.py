@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import experiments.logging
+import experiments.record
 import experiments.runner
 from experiments.checkpoint import list_checkpoints, load_checkpoint
-from experiments.logging import RunRecord
+from experiments.record import RunRecord
 from experiments.trainer import Trainer
 
 from harness_utils import CONF, main_in_process
@@ -104,7 +104,7 @@ def test_a_full_disk_at_the_end_still_leaves_a_true_summary(tmp_path, monkeypatc
     def no_space(path, text):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(experiments.logging, "write_atomically", no_space)
+    monkeypatch.setattr(experiments.record, "write_atomically", no_space)
     error = "OSError: [Errno 28] No space left on device" + " (and a long explanation)" * 20
     record.finish({"status": "failed", "run_dir": str(tmp_path), "error": error, "steps": 7,
                    "timing": {"data": 1.0, "step": 2.0}})

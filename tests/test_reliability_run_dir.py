@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments.run_dir import LOCK, RunRefused, claimed
+from experiments.errors import RunRefused
+from experiments.run_dir import LOCK, claimed
 
 from harness_utils import CONF, main_in_process
 

@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 
 import experiments.runner
 from experiments.checkpoint import list_checkpoints
+from experiments.sweep_supervisor import Stopping
 from experiments.trainer import Trainer
-from run_multiple import Stopping
 
 from harness_utils import CONF, main_in_process
 

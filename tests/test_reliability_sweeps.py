@@ -11,7 +11,8 @@ import sys
 import pytest
 
 import run_multiple
-from experiments.checkpoint import list_checkpoints
+from experiments import sweep_supervisor
+from experiments.record import REFUSALS_ENV, list_checkpoints, read_refusal_note
 from experiments.sweeps import keys_missing_from, swept_keys
 
 from harness_utils import CONF, main_in_process
@@ -81,26 +82,43 @@ def test_a_multirun_with_a_failed_run_finishes_the_others_and_exits_with_1(tmp_p
     assert not (tmp_path / "digits-small_cnn-salsa-seed0").exists()  # refused: its folder is removed
 
 
-def fake_main(behaviour: dict[str, str]):
-    """A ``run_multiple.command`` whose runs act as ``main.py`` would, in a fraction of a second:
-    ``finish`` writes a finished record, anything else is printed as the run's error line."""
+def test_a_refused_run_leaves_a_note_only_where_a_supervisor_asks(tmp_path, monkeypatch, capsys):
+    """Its run folder is left as it was either way (here: never made); the note says why."""
+    monkeypatch.chdir(ROOT)
+    run_dir, notes = tmp_path / "run", tmp_path / "refusals"
+    argv = [*FAST, "trainer.batch_size=0", f"hydra.run.dir={run_dir}"]
+    monkeypatch.delenv(REFUSALS_ENV, raising=False)
+    assert main_in_process(argv) == 2
+    assert not run_dir.exists() and not notes.exists()
+    monkeypatch.setenv(REFUSALS_ENV, str(notes))
+    assert main_in_process(argv) == 2
+    assert not run_dir.exists()
+    assert read_refusal_note(notes, run_dir) == "trainer.batch_size must be positive, got 0"
+    assert "error: trainer.batch_size must be positive, got 0" in capsys.readouterr().err
 
-    def command(batch, grid_dir, options):
-        script = "import json, pathlib, sys\ncode = 0\n"
-        for run in batch.runs:
+
+def fake_main(behaviour: dict[str, str]):
+    """A ``command`` of the sweep's supervisor whose runs act as ``main.py`` would, in a fraction of
+    a second: ``finish`` writes a finished record, anything else is the reason the run is refused,
+    said on stderr and noted where the supervisor asks (experiments/record.py)."""
+
+    def command(multirun, grid_dir, options):
+        script = "import json, pathlib, sys\nfrom experiments.record import leave_refusal_note\ncode = 0\n"
+        for run in multirun.runs:
             what = behaviour.get(run.name, "finish")
             if what == "finish":
                 script += (f"p = pathlib.Path({str(run.run_dir)!r}); p.mkdir(parents=True, exist_ok=True)\n"
                            "(p / 'summary.json').write_text(json.dumps({'status': 'finished'}))\n")
             else:
-                script += f"print({what + f' (run: {run.run_dir})'!r}, file=sys.stderr); code = 2\n"
+                script += (f"print({f'error: {what} (run: {run.run_dir})'!r}, file=sys.stderr); code = 2\n"
+                           f"leave_refusal_note(pathlib.Path({str(run.run_dir)!r}), {what!r})\n")
         return [sys.executable, "-c", script + "sys.exit(code)"]
 
     return command
 
 
 def test_a_run_whose_log_cannot_be_opened_is_listed_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(run_multiple, "command", fake_main({}))
+    monkeypatch.setattr(sweep_supervisor, "command", fake_main({}))
     grid = tmp_path / "mini"
     blocked = grid / "digits-small_cnn-adam-seed0"
     (blocked / "run.log").mkdir(parents=True)  # a folder where the log should be: it does not open
@@ -122,19 +140,22 @@ def test_a_refused_resume_is_reported_with_its_cause_not_the_old_status(tmp_path
     (run_dir / "checkpoints" / "step_000000002.pt").write_bytes(b"damaged")
     old = {"status": "interrupted", "error": "Interrupted: SIGTERM"}
     (run_dir / "summary.json").write_text(json.dumps(old))
-    refusal = "error: trainer.resume=true refused: none of the 1 checkpoints is usable"
-    monkeypatch.setattr(run_multiple, "command", fake_main({run_dir.name: refusal}))
+    refusal = "trainer.resume=true refused: none of the 1 checkpoints is usable"
+    monkeypatch.setattr(sweep_supervisor, "command", fake_main({run_dir.name: refusal}))
     argv = ["mini", "--tasks", "digits", "--columns", "adam", "--seeds", "1", "--root", str(tmp_path)]
     assert run_multiple.main(argv) == 1
     out = capsys.readouterr().out
     assert "not run" in out.split("did not finish")[0]
-    assert (f"{run_dir.name}: its record is as before (status interrupted): {refusal} (run: {run_dir})"
+    assert (f"{run_dir.name}: its record is as before (status interrupted): refused: {refusal}"
             in out.split("did not finish")[1])
+    # The note is where the supervisor asked for it, and the record is as it was.
+    assert (grid / "refusals" / f"{run_dir.name}.json").exists()
+    assert json.loads((run_dir / "summary.json").read_text()) == old
 
 
 @pytest.mark.slow
 def test_a_refused_resume_through_the_real_main(tmp_path, capsys):
-    """The same through main.py: its error line is what run_multiple.py finds and reports."""
+    """The same through main.py: its refusal note is what run_multiple.py reports."""
     grid = tmp_path / "mini"
     run_dir = grid / "digits-small_cnn-adam-seed0"
     argv = ["mini", "--tasks", "digits", "--columns", "adam", "--seeds", "1", "--root", str(tmp_path),
@@ -148,4 +169,4 @@ def test_a_refused_resume_through_the_real_main(tmp_path, capsys):
     assert run_multiple.main(argv) == 1
     failures = capsys.readouterr().out.split("did not finish")[1]
     assert (f"{run_dir.name}: its record is as before (status interrupted): "
-            "error: trainer.resume=true refused: none of the 2 checkpoints") in failures
+            "refused: trainer.resume=true refused: none of the 2 checkpoints") in failures

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +14,10 @@ import pytest
 from omegaconf import OmegaConf
 
 import run_multiple
+from experiments import sweep_supervisor
+from experiments.grid import EXTRA_COLUMNS, PAPER_COLUMNS
+from experiments.paths import CONF, MAIN, REPO
+from experiments.sweep_plan import State, classify
 
 COUNT_LINE = re.compile(r"^(\w+): (\d+) runs \((\d+) tasks x (\d+) columns x (\d+) seeds\)", re.M)
 RUN_LINE = re.compile(r"^  (skip|diverged|resume|restart|fresh) +(\S+)", re.M)
@@ -52,6 +57,21 @@ def test_dry_run_counts(capsys, tmp_path, argv, expected):
     assert not any(tmp_path.iterdir())  # a dry run creates nothing
 
 
+@pytest.mark.parametrize("what", ["a dry run", "the record layer"])
+def test_planning_and_the_record_import_no_torch(tmp_path, what):
+    """A dry run plans from the runs' records alone, and the record layer names its errors
+    without the trainer: neither imports torch (``python -X importtime``, in a fresh process)."""
+    argv = {"a dry run": ["run_multiple.py", "nlp", "--dry-run", "--root", str(tmp_path)],
+            "the record layer": ["-c", "import experiments.record, experiments.errors, experiments.grid"],
+            }[what]
+    done = subprocess.run([sys.executable, "-X", "importtime", *argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert imported  # importtime reported
+    assert [line for line in imported if " torch" in line] == []
+
+
 def test_nlp_grid_is_the_paper_table(capsys, tmp_path):
     out = dry_run(capsys, "nlp", "--root", str(tmp_path))
     names = {name for _, name in RUN_LINE.findall(out)}
@@ -73,24 +93,24 @@ def _checkpoint(run_dir: Path, step: int) -> None:
 def test_classify_hand_made_run_dirs(tmp_path):
     cases = {}
     for status in ("failed", "interrupted", "running"):
-        cases[f"ckpt-{status}"] = run_multiple.State.resume
+        cases[f"ckpt-{status}"] = State.resume
         _summary(tmp_path / f"ckpt-{status}", status)
         _checkpoint(tmp_path / f"ckpt-{status}", 40)
-        cases[f"record-{status}"] = run_multiple.State.restart
+        cases[f"record-{status}"] = State.restart
         _summary(tmp_path / f"record-{status}", status)
     _summary(tmp_path / "finished", "finished")
     _checkpoint(tmp_path / "finished", 100)
-    cases["finished"] = run_multiple.State.skip
+    cases["finished"] = State.skip
     (tmp_path / "torn").mkdir()
     (tmp_path / "torn" / "summary.json").write_text('{"status": "runn')
-    cases["torn"] = run_multiple.State.restart
+    cases["torn"] = State.restart
     (tmp_path / "empty").mkdir()
-    cases["empty"] = run_multiple.State.fresh
+    cases["empty"] = State.fresh
     (tmp_path / "config-error" / ".hydra").mkdir(parents=True)  # Hydra made it, the run never wrote a record
     (tmp_path / "config-error" / "run.log").write_text("error: trainer.batch_size must be positive\n")
-    cases["config-error"] = run_multiple.State.fresh
-    cases["missing"] = run_multiple.State.fresh
-    assert {name: run_multiple.classify(tmp_path / name) for name in cases} == cases
+    cases["config-error"] = State.fresh
+    cases["missing"] = State.fresh
+    assert {name: classify(tmp_path / name) for name in cases} == cases
 
 
 def test_dry_run_skips_finished_and_resumes_the_others(capsys, tmp_path):
@@ -119,20 +139,20 @@ def arg(cmd: list[str], key: str) -> str | None:
     return values[-1] if values else None
 
 
-def test_batched_launchers_sweep_only_what_is_left(capsys, tmp_path):
+def test_multirun_launchers_sweep_only_what_is_left(capsys, tmp_path):
     grid = tmp_path / "image"
     _summary(grid / "cifar10-resnet34_cifar-l4_adam-seed1", "finished")
     out = dry_run(capsys, "image", "--tasks", "cifar10", "--extra", "--launcher", "joblib", "--n-jobs", "3",
                   "--root", str(tmp_path), "data_dir=/data")
     launched = set()
     for cmd in commands(out):
-        assert cmd[1:3] == [str(run_multiple.MAIN), "-m"]
+        assert cmd[1:3] == [str(MAIN), "-m"]
         assert arg(cmd, "hydra/launcher") == "joblib" and arg(cmd, "hydra.launcher.n_jobs") == "3"
         assert arg(cmd, "hydra.sweep.dir") == str(grid)
         assert arg(cmd, "trainer.progress") == "false" and arg(cmd, "data_dir") == "/data"
         optimizers, seeds = arg(cmd, "optimizer").split(","), arg(cmd, "seed").split(",")
         launched |= {(o, int(s)) for o in optimizers for s in seeds}
-    columns = run_multiple.PAPER_COLUMNS + run_multiple.EXTRA_COLUMNS
+    columns = PAPER_COLUMNS + EXTRA_COLUMNS
     assert launched == {(o, s) for o in columns for s in range(3)} - {("l4_adam", 1)}
     # One multirun for the columns that need every seed, one for l4_adam's two: the image settings
     # come with the experiment, so they split nothing.
@@ -169,7 +189,7 @@ def compose(overrides: list[str]):
     from experiments.config import register_schema
 
     register_schema()
-    with initialize_config_dir(config_dir=str(run_multiple.CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose("config", overrides=overrides)
 
 
@@ -248,7 +268,9 @@ def test_a_failing_run_is_isolated_and_reported(capsys, tmp_path):
     assert not (bad / "summary.json").exists()
     assert "trainer.batch_size must be positive" in (bad / "run.log").read_text()
     failures = out.split("did not finish")[1]
-    assert f"{bad.name}: no record" in failures and f"log: {bad / 'run.log'}" in failures
+    # The reason is the run's refusal note, not a line of its log.
+    assert f"{bad.name}: no record: refused: trainer.batch_size must be positive, got 0" in failures
+    assert f"log: {bad / 'run.log'}" in failures
     assert good.name not in failures
     # Re-running the grid skips the finished run and tries the failed one again.
     out = dry_run(capsys, *argv)
@@ -284,9 +306,9 @@ def test_a_stopped_joblib_multirun_is_finished_run_by_run(capsys, tmp_path, monk
     outcome run again one by one; the failed one is reported, and nothing finished runs twice."""
     bad = "digits-small_cnn-sgd-seed1"  # fails before writing a record, in any multirun
 
-    def fake_command(batch, grid_dir, options):
+    def fake_command(multirun, grid_dir, options):
         # Each "multirun" finishes its runs in order and exits 2 at the bad one, like main.py.
-        dirs = [str(run.run_dir) for run in batch.runs]
+        dirs = [str(run.run_dir) for run in multirun.runs]
         script = (
             "import json, pathlib, sys\n"
             f"for d in {dirs!r}:\n"
@@ -297,7 +319,7 @@ def test_a_stopped_joblib_multirun_is_finished_run_by_run(capsys, tmp_path, monk
         )
         return [sys.executable, "-c", script]
 
-    monkeypatch.setattr(run_multiple, "command", fake_command)
+    monkeypatch.setattr(sweep_supervisor, "command", fake_command)
     argv = ["mini", "--tasks", "digits", "--columns", "l4_adam,sgd,l4_mom", "--seeds", "3",
             "--launcher", "joblib", "--root", str(tmp_path)]
     assert run_multiple.main(argv) == 1
@@ -311,5 +333,6 @@ def test_a_stopped_joblib_multirun_is_finished_run_by_run(capsys, tmp_path, monk
     # leaving that run, sgd seed 2 and l4_mom's three without an outcome.
     assert "running its 5 runs without an outcome one by one" in out
     failures = out.split("did not finish")[1]
-    assert f"{bad}: no record" in failures and f"log: {grid / bad / 'run.log'}" in failures
+    assert f"{bad}: no record: it wrote nothing (see its log)" in failures  # and left no note
+    assert f"log: {grid / bad / 'run.log'}" in failures
     assert "error: bad run" in (grid / bad / "run.log").read_text()

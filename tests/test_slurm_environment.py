@@ -11,8 +11,8 @@ import pytest
 
 from experiments import signals
 from experiments.distributed import Launch, is_main_process, launch_of
+from experiments.errors import Interrupted
 from experiments.runner import _continues_requeued_job, _requeue_if_cut_by_time_limit
-from experiments.signals import Interrupted
 from experiments.slurm import SlurmJob, StepTasks, expand_hostlist, step_tasks
 from hydra_plugins.salsa_slurm_launcher.launcher import outcome_line, poll_interval
 

@@ -1,11 +1,9 @@
-"""Reading run records: the run directories the harness writes, or a wandb project.
+"""The runs a table or a figure counts: read from run folders or a wandb project, and chosen.
 
-A run directory (see ``experiments/logging.py``) holds ``config.yaml`` (the resolved config),
-``metrics.jsonl`` (training rows with a ``loss``, evaluation rows with a ``val_loss``) and
-``summary.json`` (``status`` and the final values). A run is found by its ``summary.json``; who
-it is (task, optimizer label, seed) is read from its config, the same way for both sources.
+A run folder's record (:mod:`experiments.record`) says who the run is (task, optimizer label,
+seed: read from its config, the same way for both sources), how it ended and what it logged.
 
-Which runs count is decided here too, once for the table and the plots: only finished runs by
+Which runs count is decided here, once for the table and the plots: only finished runs by
 default, and of several runs of the same (task, optimizer, seed) - reruns - the latest. Runs are
 reruns of one another only when their configs agree in everything that changes what a run computes
 (every key but the seed and those a resume may change: threads, device, logging, checkpoints;
@@ -28,63 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
 
-from experiments.metrics_rows import read_rows
-from experiments.resume import LENGTH, RESUMABLE
-
-SUMMARY = "summary.json"
-METRICS = "metrics.jsonl"
-CONFIG = "config.yaml"
-
-# Row and column names as the paper prints them; names not listed are shown as given.
-TASK_NAMES = {
-    "mnli": "MNLI", "qnli": "QNLI", "mrpc": "MRPC", "sst2": "SST2", "openwebtext": "GPT-2",
-    "cifar10": "CIFAR10", "cifar100": "CIFAR100", "imagenet": "ImageNet",
-}
-MODEL_NAMES = {
-    "bert": "BERT", "roberta": "RoBERTa", "gpt2": "GPT-2", "resnet34_cifar": "ResNet34",
-    "resnet50": "ResNet50",
-}
-# The paper's order of rows and columns; other tasks and optimizers follow in order of appearance.
-TASK_ORDER = ["MNLI", "QNLI", "MRPC", "SST2", "GPT-2", "CIFAR10", "CIFAR100", "ImageNet"]
-LABEL_ORDER = ["ADAM", "SGD", "ADAM-SLS", "SGD-SLS", "ADAM-SaLSa", "SGD-SaLSa"]
-
-
-class RecordError(Exception):
-    """Run records that cannot be read: the message says which and why."""
-
-
-@dataclass(frozen=True)
-class Task:
-    """A row of the table: a dataset trained with a model (raw config names)."""
-
-    dataset: str
-    model: str
-
-    @property
-    def name(self) -> str:
-        return TASK_NAMES.get(self.dataset, self.dataset)
-
-    @property
-    def model_name(self) -> str:
-        return MODEL_NAMES.get(self.model, self.model)
-
-    @property
-    def slug(self) -> str:
-        """A file-name-safe identifier, e.g. ``sst2_bert``."""
-        return f"{self.dataset}_{self.model}"
+from .errors import RecordError
+from .grid import Task
+from .metrics_rows import read_rows
+from .record import METRICS, SUMMARY, Status, load_summary, read_config
+from .resume import LENGTH, RESUMABLE
 
 
 @dataclass
-class Run:
-    """One run: who it is, how it ended, and (read on first use) its metrics rows."""
+class RecordedRun:
+    """One run as its record tells: who it is, how it ended, and (read on first use) its metrics
+    rows."""
 
     source: str  # the run directory, or entity/project/id on wandb
     task: Task
     label: str  # the optimizer's label, the table's column
     seed: int
-    status: str  # running | finished | failed | interrupted (wandb: its run state when no summary)
+    status: str  # a record.Status (wandb: its run state when the run wrote no summary)
     summary: Mapping[str, Any]
     recorded_at: float  # seconds since the epoch (summary.json written; wandb: run started); orders reruns
     read_metrics: Callable[[], tuple[pd.DataFrame, pd.DataFrame]] = field(repr=False)
@@ -152,17 +111,17 @@ def identity(config: Mapping[str, Any]) -> tuple[Task, str, int]:
     return task, config["optimizer"]["label"], int(config["seed"])
 
 
-def read_run_dir(run_dir: Path) -> Run:
+def read_run_dir(run_dir: Path) -> RecordedRun:
     """The run recorded in ``run_dir``."""
     try:
-        summary = json.loads((run_dir / SUMMARY).read_text())
+        summary = load_summary(run_dir)
         status = summary["status"]
-        config = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG))
+        config = read_config(run_dir)
         task, label, seed = identity(config)
     except (OSError, ValueError, KeyError, TypeError) as error:
         reason = f"{type(error).__name__}: {error}"
         raise RecordError(f"{run_dir}: not a readable run record ({reason})") from error
-    return Run(
+    return RecordedRun(
         source=str(run_dir), task=task, label=label, seed=seed, status=status,
         summary=summary, recorded_at=(run_dir / SUMMARY).stat().st_mtime,
         read_metrics=lambda: read_metrics_file(run_dir / METRICS), config=config,
@@ -174,7 +133,7 @@ def find_run_dirs(roots: Iterable[Path]) -> list[Path]:
     return sorted({summary.parent for root in roots for summary in Path(root).rglob(SUMMARY)})
 
 
-def read_run_dirs(roots: Iterable[Path]) -> list[Run]:
+def read_run_dirs(roots: Iterable[Path]) -> list[RecordedRun]:
     return [read_run_dir(run_dir) for run_dir in find_run_dirs(roots)]
 
 
@@ -188,13 +147,13 @@ def _wandb_metrics(run: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(rows, columns=["step", "loss"]), pd.DataFrame()
 
 
-def _wandb_run(run: Any, project: str) -> Run:
+def _wandb_run(run: Any, project: str) -> RecordedRun:
     task, label, seed = identity(run.config)
     summary = dict(run.summary)
     # WandbSink copies the record's summary, status included; a run that never got there has
     # only wandb's state (running, crashed, ...).
     created = datetime.fromisoformat(run.created_at.replace("Z", "+00:00"))
-    return Run(
+    return RecordedRun(
         source=f"{project}/{run.id}", task=task, label=label, seed=seed,
         status=summary.get("status", run.state), summary=summary, recorded_at=created.timestamp(),
         read_metrics=lambda: _wandb_metrics(run), config=dict(run.config),
@@ -209,7 +168,7 @@ def _wandb_api() -> Any:
     return wandb.Api()
 
 
-def read_wandb(project: str) -> list[Run]:
+def read_wandb(project: str) -> list[RecordedRun]:
     """The runs of the wandb project ``project`` (``entity/project``) through wandb's public API
     (``wandb.Api().runs``). Histories are fetched on first use."""
     try:
@@ -241,7 +200,7 @@ def settings(config: Mapping[str, Any]) -> dict[str, str]:
             if not any(key == name or key.startswith(f"{name}.") for name in NOT_SETTINGS)}
 
 
-def differing_keys(runs: Sequence[Run]) -> list[str]:
+def differing_keys(runs: Sequence[RecordedRun]) -> list[str]:
     """The settings in which runs of the same task differ."""
     differ: set[str] = set()
     for task in {run.task for run in runs}:
@@ -252,11 +211,11 @@ def differing_keys(runs: Sequence[Run]) -> list[str]:
     return sorted(differ)
 
 
-def split_experiments(runs: Sequence[Run]) -> list[Run]:
+def split_experiments(runs: Sequence[RecordedRun]) -> list[RecordedRun]:
     """``runs`` with the label of each one that is not a rerun of the others of its label made
     distinct: ``"ADAM (trainer.precision=bf16)"``, named by the settings that differ within a task
     (the runs of that label in every task are named the same way, so that they share columns)."""
-    by_label: dict[str, list[Run]] = defaultdict(list)
+    by_label: dict[str, list[RecordedRun]] = defaultdict(list)
     for run in runs:
         by_label[run.label].append(run)
     split = []
@@ -273,38 +232,23 @@ def split_experiments(runs: Sequence[Run]) -> list[Run]:
     return split
 
 
-def counted_runs(runs: Iterable[Run], include_unfinished: bool = False) -> list[Run]:
+def counted_runs(runs: Iterable[RecordedRun], include_unfinished: bool = False) -> list[RecordedRun]:
     """The runs that count: finished ones (all, with ``include_unfinished``), one per
     (task, label, seed) - the latest of reruns, labels split by :func:`split_experiments` first.
     Skipped runs are listed on stderr."""
     counted = []
     for run in runs:
-        if run.status != "finished" and not include_unfinished:
+        if run.status != Status.finished and not include_unfinished:
             print(f"skipped ({run.status}): {run.source}", file=sys.stderr)
         else:
             counted.append(run)
-    latest: dict[tuple[Task, str, int], Run] = {}
+    latest: dict[tuple[Task, str, int], RecordedRun] = {}
     for run in sorted(split_experiments(counted), key=lambda r: r.recorded_at):
         key = (run.task, run.label, run.seed)
         if key in latest:
             print(f"rerun: {run.source} replaces {latest[key].source}", file=sys.stderr)
         latest[key] = run
     return list(latest.values())
-
-
-def ordered(names: Iterable[str], canonical: list[str]) -> list[str]:
-    """``names`` without repeats: those in ``canonical`` in its order, then the others in order
-    of appearance."""
-    unique = list(dict.fromkeys(names))
-    return [n for n in canonical if n in unique] + [n for n in unique if n not in canonical]
-
-
-def task_order(tasks: Iterable[Task]) -> list[Task]:
-    """Tasks in the paper's row order, then the others in order of appearance."""
-    unique = list(dict.fromkeys(tasks))
-    rank = {name: i for i, name in enumerate(TASK_ORDER)}
-    return sorted(unique, key=lambda t: rank.get(t.name, len(rank)))  # stable: appearance order kept
-
 
 
 def sources_text(roots: Iterable[Path], wandb: str | None = None) -> str:
