@@ -41,7 +41,7 @@ from experiments.runner import run
 from experiments.signals import Interrupted, signal_name, stop_signals_raise
 from experiments.slurm import TIME_LIMIT_SIGNAL, SlurmJob
 from experiments.sweeps import RunFailed
-from experiments.trainer import TrainingDiverged
+from experiments.training import TrainingDiverged
 
 register_schema()
 # Taken before Hydra makes any directory: a run directory that appeared after it is this

@@ -37,7 +37,8 @@ from torch import nn
 from experiments.config import ConfigError, Precision
 from experiments.data import DataSpec
 from experiments.param_groups import DecayScope, parameter_groups
-from experiments.runner import build, cosine_warmup
+from experiments.runner import build
+from experiments.training.schedule import cosine_warmup
 
 from harness_utils import run_config
 from test_run_multiple import commands, compose, dry_run, job_overrides

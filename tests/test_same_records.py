@@ -81,16 +81,17 @@ def write_text_task(folder: Path) -> list[str]:
     from transformers import PreTrainedTokenizerFast
 
     words = "the a film is good bad not very funny dull long short plot actors story ends".split()
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", "[EOS]", *words])}, unk_token="[UNK]"))
+    vocabulary = {word: i for i, word in enumerate(["[UNK]", "[EOS]", *words])}
+    backend = Tokenizer(models.WordLevel(vocabulary, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="[EOS]")
     tokenizer.save_pretrained(folder / "tokenizer")
-    sentences = folder / "data" / "rotten_tomatoes" / "sentences.jsonl"
-    sentences.parent.mkdir(parents=True)
-    lines = [json.dumps({"id": i + 1, "score": 0.5,
-                         "sentence": " ".join(words[(7 * i + k * (i % 5 + 1)) % len(words)] for k in range(5 + i % 9))})
-             for i in range(400)]
-    sentences.write_text("\n".join(lines) + "\n")
+    prepared = folder / "data" / "rotten_tomatoes" / "sentences.jsonl"  # as experiments.data.rotten_tomatoes has it
+    prepared.parent.mkdir(parents=True)
+    sentences = [" ".join(words[(7 * i + k * (i % 5 + 1)) % len(words)] for k in range(5 + i % 9))
+                 for i in range(400)]
+    lines = [json.dumps({"id": i + 1, "score": 0.5, "sentence": text}) for i, text in enumerate(sentences)]
+    prepared.write_text("\n".join(lines) + "\n")
     return ["dataset=rotten_tomatoes_lm", "model=small_gpt2", f"model.tokenizer={folder / 'tokenizer'}",
             f"data_dir={folder / 'data'}", "dataset.build.block_size=16", "dataset.build.vocab_size=null",
             "trainer.batch_size=8"]
