@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import capture_rng, restore_rng, save_checkpoint
+from ..checkpoint import restore_training, save_checkpoint, training_payload
 from ..config import TrainerConfig
 from ..distributed import Process, max_over_ranks
 from ..logging import Loggers
@@ -157,11 +157,11 @@ class Trainer:
                           "written: continue with trainer.resume=true", signum)
 
     def _evaluate(self) -> None:
-        """Evaluate and log; call it with the evaluation weights in place."""
+        """Evaluate, keep the best of each metric and log; call it with the evaluation weights in place."""
         self.callbacks.on_evaluation_start(self)
         metrics = self.evaluate()
         self.clock.lap("eval")
-        self.state.record_evaluation(metrics, self.step.objective.task)
+        self.state.record_evaluation(metrics, self.evaluate.objective.task)
         self._log({"step": self.state.step, "epoch": self.state.epoch, **metrics})
 
     def _checkpoint(self) -> None:
@@ -172,7 +172,8 @@ class Trainer:
         self.state.last_checkpoint_step = self.state.step
         self.loggers.flush()  # a resume drops the rows after the checkpoint, and only those
         if self.process.is_main:  # the ranks hold the same state; every rank reads it on resume
-            save_checkpoint(self.run_dir, self.state.step, self.checkpoint_payload(), self.cfg.keep_checkpoints)
+            payload = training_payload(self.model, self.step.optimizer, self.scheduler, asdict(self.state))
+            save_checkpoint(self.run_dir, self.state.step, payload, self.cfg.keep_checkpoints)
         self.clock.lap("bookkeeping")
 
     def _log(self, row: dict[str, Any]) -> None:
@@ -184,25 +185,10 @@ class Trainer:
         return self.state.forwards if counted is None else counted
 
     # -- the run's state ----------------------------------------------------------------------
-    def checkpoint_payload(self) -> dict[str, Any]:
-        """What a checkpoint holds (``experiments.checkpoint.PAYLOAD_KEYS``)."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.step.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-            "trainer": asdict(self.state),
-            "rng": capture_rng(),
-        }
-
     def load(self, payload: dict[str, Any]) -> None:
-        """Continue from a checkpoint payload (as written by :meth:`checkpoint_payload`), which
-        :meth:`StepPlan.resume_problem` has accepted."""
-        self.model.load_state_dict(payload["model"])
-        self.step.optimizer.load_state_dict(payload["optimizer"])
-        if self.scheduler is not None and payload["scheduler"] is not None:
-            self.scheduler.load_state_dict(payload["scheduler"])
-        self.state = TrainState(**{**payload["trainer"], "stream": self.plan.stream()})
-        restore_rng(payload["rng"])
+        """Continue from a checkpoint's payload, which :meth:`StepPlan.resume_problem` has accepted."""
+        place = restore_training(payload, self.model, self.step.optimizer, self.scheduler)
+        self.state = TrainState(**{**place, "stream": self.plan.stream()})
 
     def forward_backward(self) -> Callable[[], None]:
         """One forward and backward on a training batch, the gradients dropped after: the least a
