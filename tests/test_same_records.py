@@ -7,7 +7,8 @@ same environment (one thread, the CPU). The records are then compared: every row
 ``metrics.jsonl`` but its wall time, ``summary.json`` but its times, paths and versions, and
 every checkpoint, each tensor with ``torch.equal`` (the trainer's position in it but its wall
 time). A refactoring of the harness keeps this test green; a change that means to alter a
-record moves :data:`BASELINE_COMMIT` past itself and says so.
+record moves :data:`BASELINE_COMMIT` past itself and says so. Nothing is stored: both trees run
+here, so the test holds on any machine whose git history has the baseline.
 
 Each tree's commands run one after another in one Python process (as a Hydra multirun runs its
 jobs), which spares an interpreter start and a torch import per command; the two trees run side
@@ -44,8 +45,8 @@ UNCOMPARED_SUMMARY_KEYS = {"run_dir", "wall_time", "train_time", "timing", "harn
 UNCOMPARED_TRAINER_KEYS = {"elapsed", "timing"}
 TEXT_TASK_RUNS = all(importlib.util.find_spec(name) for name in ("transformers", "tokenizers"))  # the nlp extra
 
-# A tree runs these argument lists with its main.py, in this order: the records they leave are
-# compared. Each entry's folder is its name under the tree's output folder.
+# Runs (name, arguments of main.py) pairs in their order with the tree's main.py, and prints the
+# exit code of each by name.
 DRIVER = """
 import json, runpy, sys
 import experiments
@@ -138,14 +139,13 @@ def start(tree: Path, argv: list[tuple[str, list[str]]]) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def finished(process: subprocess.Popen, tree: Path) -> str:
-    """The driver's output, once it has run every command from ``tree``'s modules."""
+def check_finished(process: subprocess.Popen, tree: Path) -> None:
+    """Wait for the driver; it must have run every command, with ``tree``'s modules, to exit 0."""
     output, _ = process.communicate(timeout=900)
     assert process.returncode == 0, output[-4000:]
     assert f"experiments from {tree / 'experiments' / '__init__.py'}" in output, output[:2000]
     codes = json.loads(output.rsplit("exit codes ", 1)[1].splitlines()[0])
     assert set(codes.values()) == {0}, f"{codes}\n{output[-4000:]}"
-    return output
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def records(tmp_path_factory) -> tuple[Path, Path]:
     runs = {"baseline": (baseline, tmp / "baseline_runs"), "current": (ROOT, tmp / "current_runs")}
     started = {name: start(tree, commands(out, baseline, text_task)) for name, (tree, out) in runs.items()}
     for name, process in started.items():
-        finished(process, runs[name][0])
+        check_finished(process, runs[name][0])
     return runs["baseline"][1], runs["current"][1]
 
 
