@@ -27,7 +27,7 @@ from .files import remove_temporary_files, write_atomically, write_with
 from .record import CHECKPOINTS, checkpoint_path, list_checkpoints
 
 DIGEST_SUFFIX = ".sha256"
-# What Trainer.checkpoint_payload writes: a file without these keys is not one of our checkpoints.
+# What training_payload writes: a file without these keys is not one of our checkpoints.
 PAYLOAD_KEYS = frozenset({"model", "optimizer", "scheduler", "trainer", "rng"})
 
 
@@ -59,6 +59,31 @@ def restore_rng(state: dict[str, Any]) -> None:
     )
     python = state["python"]
     random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
+
+
+def training_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, trainer: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint of a run holds: the state of the model, the optimizer and the scheduler,
+    the trainer's place (``trainer``) and every RNG state."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler else None,
+        "trainer": trainer,
+        "rng": capture_rng(),
+    }
+
+
+def restore_training(payload: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> dict[str, Any]:
+    """Load a :func:`training_payload` into the model, the optimizer, the scheduler and the RNGs;
+    returns the trainer's place."""
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None and payload["scheduler"] is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    restore_rng(payload["rng"])
+    return payload["trainer"]
 
 
 def digest_path(checkpoint: Path) -> Path:

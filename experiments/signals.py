@@ -5,7 +5,7 @@
 warning ``sbatch --signal=USR2@<seconds>`` sends before the time limit. All of them stop a run the
 same way; its exit status is 128 + the signal (143, 130, 129, 140).
 While it trains, the trainer turns them into "checkpoint after this step and stop"
-(:func:`on_stop_signals`). Before that (building the data and the model, loading a checkpoint) the
+(:func:`stop_requested`). Before that (building the data and the model, loading a checkpoint) the
 default action would end the process on the spot and leave the record's summary at ``running``;
 :func:`stop_signals_raise` makes them an exception there instead (:class:`experiments.errors.Interrupted`),
 which the runner records. While
@@ -21,6 +21,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from .slurm import TIME_LIMIT_SIGNAL, SlurmJob
@@ -45,6 +46,25 @@ def on_stop_signals(callback: Callable[[int], None]) -> Iterator[None]:
     """Within the body, a stop signal calls ``callback(signum)`` and nothing else."""
     with _handling(lambda signum, frame: callback(signum)):
         yield
+
+
+@dataclass
+class StopRequest:
+    """The first stop signal received (0: none yet)."""
+
+    signum: int = 0
+
+    def note(self, signum: int) -> None:
+        self.signum = self.signum or signum
+
+
+@contextlib.contextmanager
+def stop_requested() -> Iterator[StopRequest]:
+    """Within the body, a stop signal is only noted in the :class:`StopRequest` yielded, for the
+    body to act on when it can (the trainer: after the step in progress)."""
+    request = StopRequest()
+    with on_stop_signals(request.note):
+        yield request
 
 
 @contextlib.contextmanager

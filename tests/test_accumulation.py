@@ -18,9 +18,12 @@ import pytest
 import torch
 from torch import nn
 
-from experiments.trainer import Trainer
+from experiments.data import DataBundle, DataSpec
+from experiments.data.collate import InMemoryPairs, collate_inputs_labels
+from experiments.training.batches import StepBatches
+from experiments.training.tasks import Classification, LanguageModelling
 
-from harness_utils import run_config
+from harness_utils import TrainedParameters, run_config, trainer_for
 
 N_TRAIN = 1437  # the digits training split
 BASE = ["model=mlp", "dataset=digits", "trainer.epochs=1", "trainer.shuffle=true", "seed=3"]
@@ -52,18 +55,22 @@ def test_batch_60_equals_batch_20_times_3(optimizer, tmp_path):
     assert three["final_val_loss"] == pytest.approx(one["final_val_loss"], rel=1e-3)
 
 
+def weights_of_the_only_step(train, collate, targets, batch_size: int) -> list[float]:
+    """The weights of the two micro-batches of the one step that ``train`` makes."""
+    data = DataBundle("t", DataSpec("classification"), train, train, collate)
+    steps = StepBatches(data, targets, torch.device("cpu"), seed=0, batch_size=batch_size, accumulation_steps=2,
+                        shuffle=False)
+    (step,) = list(steps.rest_of_epoch(epoch=0, step_in_epoch=0))
+    return step.weights
+
+
 def test_micro_batches_are_weighted_by_their_targets():
     """An uneven split (4 + 1 examples) still gives the mean over the five examples."""
-    trainer = Trainer.__new__(Trainer)
-    trainer.language_modeling = False
-    trainer.device = torch.device("cpu")
-    batches = [{"labels": torch.arange(4)}, {"labels": torch.arange(1)}]
-    _, weights = trainer._on_device(batches)
-    assert weights == [0.8, 0.2]
-    trainer.language_modeling = True  # tokens with label -100 do not count
-    batches = [{"labels": torch.tensor([[1, 2, -100]])}, {"labels": torch.tensor([[3, 4, 5]])}]
-    _, weights = trainer._on_device(batches)
-    assert weights == [0.4, 0.6]
+    pairs = InMemoryPairs(torch.zeros(5, 2), torch.arange(5))
+    assert weights_of_the_only_step(pairs, collate_inputs_labels, Classification().targets, 4) == [0.8, 0.2]
+    tokens = [{"labels": torch.tensor([1, 2, -100])}, {"labels": torch.tensor([3, 4, 5])}]  # -100 does not count
+    stack = lambda items: {"labels": torch.stack([item["labels"] for item in items])}  # noqa: E731
+    assert weights_of_the_only_step(tokens, stack, LanguageModelling().targets, 1) == [0.4, 0.6]
 
 
 class RecordingDDP(nn.Module):
@@ -89,19 +96,11 @@ class RecordingDDP(nn.Module):
         return self.module(batch)
 
 
-def test_ddp_all_reduces_only_on_the_last_micro_batch(tmp_path, monkeypatch):
-    wrappers: list[RecordingDDP] = []
-    original_init = Trainer.__init__
-
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.forward_model = RecordingDDP(self.forward_model)
-        wrappers.append(self.forward_model)
-
-    monkeypatch.setattr(Trainer, "__init__", init)
-    run_config(BASE + ["optimizer=salsa", "trainer.batch_size=40", "trainer.accumulation_steps=4",
-                       "trainer.max_steps=3"], tmp_path / "run")
-    (wrapper,) = wrappers
+def test_ddp_all_reduces_only_on_the_last_micro_batch(tmp_path):
+    trainer = trainer_for(BASE + ["optimizer=salsa", "trainer.batch_size=40", "trainer.accumulation_steps=4",
+                                  "trainer.max_steps=3"], tmp_path, wrap=RecordingDDP)
+    wrapper = trainer.step.objective.forward_model
+    trainer.fit()
     # Three steps of four micro-batches with gradients; the trials run under no_grad.
     assert wrapper.synced == [False, False, False, True] * 3
 
@@ -115,19 +114,12 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **loopback_env()})
     torch.set_num_threads(1)
-    seen = {}
-    fit = Trainer.fit
-
-    def watched_fit(self: Trainer) -> dict:
-        summary = fit(self)
-        seen["params"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        seen["no_sync"] = hasattr(self.forward_model, "no_sync")
-        return summary
-
-    Trainer.fit = watched_fit
+    trained = TrainedParameters()
     summary = run_config(BASE + ["optimizer=salsa", "model.build.dropout=0.2", "trainer.batch_size=16",
-                                 "trainer.accumulation_steps=3", "trainer.max_steps=6"], Path(out_dir) / "run")
-    torch.save({"summary": summary, **seen}, Path(out_dir) / f"rank{rank}.pt")
+                                 "trainer.accumulation_steps=3", "trainer.max_steps=6"], Path(out_dir) / "run",
+                         callbacks=[trained])
+    torch.save({"summary": summary, "params": trained.params, "no_sync": trained.no_sync},
+               Path(out_dir) / f"rank{rank}.pt")
 
 
 def test_ddp_ranks_with_accumulation_stay_identical(tmp_path):
@@ -150,19 +142,15 @@ def test_the_trainer_tells_random_windows_the_epoch():
 
     bundle = language_model_bundle("t", np.arange(500, dtype=np.uint16), np.arange(100, dtype=np.uint16),
                                    block_size=4, vocab_size=600, sampling="random_windows", seed=2)
-    trainer = Trainer.__new__(Trainer)
-    trainer.data, trainer.seed, trainer.rank, trainer.world_size = bundle, 0, 0, 1
-    trainer.cfg = type("Cfg", (), {"shuffle": False, "num_workers": 0, "batch_size": 8})()
-    trainer.examples_per_step = 8
-    trainer.device = torch.device("cpu")
-    trainer.state = type("State", (), {"epoch": 3, "batch_in_epoch": 0})()
-    first = next(iter(trainer._batches()))
+    steps = StepBatches(bundle, LanguageModelling().targets, torch.device("cpu"), seed=0, batch_size=8,
+                        shuffle=False)
+    (first,) = next(steps.rest_of_epoch(epoch=3, step_in_epoch=0)).batches
     assert bundle.train.epoch == 3
     start = bundle.train.start(0)
     assert first["input_ids"][0].tolist() == list(range(start, start + 4))
 
 
-def test_resume_with_accumulation_continues_the_same_trajectory(tmp_path, monkeypatch):
+def test_resume_with_accumulation_continues_the_same_trajectory(tmp_path):
     """Checkpoints count optimizer steps; a resume mid-epoch starts at the right micro-batch."""
     from harness_utils import crash_then_resume, logged_rows
 
@@ -171,7 +159,7 @@ def test_resume_with_accumulation_continues_the_same_trajectory(tmp_path, monkey
     common = BASE + ["optimizer=salsa", "model.build.dropout=0.2", "trainer.batch_size=16",
                      "trainer.accumulation_steps=3", "trainer.max_steps=14", "trainer.checkpoint_interval=5"]
     straight = run_config(common, tmp_path / "straight")
-    resumed = crash_then_resume(common, tmp_path / "resumed", 8, monkeypatch)
+    resumed = crash_then_resume(common, tmp_path / "resumed", 8)
     assert logged_rows(tmp_path / "resumed") == logged_rows(tmp_path / "straight")
     assert resumed["final_loss"] == straight["final_loss"] and resumed["steps"] == 14
     a = torch.load(list_checkpoints(tmp_path / "straight")[-1], weights_only=True)["model"]

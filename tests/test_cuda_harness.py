@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from experiments import distributed
 from experiments.checkpoint import list_checkpoints
-from experiments.trainer import Trainer
+from experiments.training import Callback, Trainer
 from optim._evaluation import host_floats, rank_mean
 
 from cuda_utils import device, require_bf16, require_real_cuda
@@ -41,15 +41,23 @@ LINE_SEARCH = ["optimizer=salsa", "trainer.batch_size=2", "trainer.max_steps=3",
 TORCHRUN_TIMEOUT_S = 240.0
 
 
-@pytest.fixture
-def watched(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """What the trained module saw while ``Trainer.fit`` ran, from a forward hook: the devices of
-    its parameters and outputs, its output dtypes, and its forwards by kind (with gradients: the
-    first evaluations; in train mode without: the line search's trials; in eval mode)."""
-    seen: dict = {"param_devices": set(), "output_devices": set(), "output_dtypes": set(),
-                  "grad_forwards": 0, "trial_forwards": 0, "eval_forwards": 0}
+class ForwardWatch(Callback):
+    """What the trained module saw while the trainer ran, from a forward hook: the devices of its
+    parameters and outputs, its output dtypes, and its forwards by kind (with gradients: the first
+    evaluations; in train mode without: the line search's trials; in eval mode)."""
 
-    def hook(module: torch.nn.Module, args: object, output: torch.Tensor) -> None:
+    def __init__(self) -> None:
+        self.seen: dict = {"param_devices": set(), "output_devices": set(), "output_dtypes": set(),
+                           "grad_forwards": 0, "trial_forwards": 0, "eval_forwards": 0}
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.handle = trainer.model.register_forward_hook(self._hook)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.handle.remove()
+
+    def _hook(self, module: torch.nn.Module, args: object, output: torch.Tensor) -> None:
+        seen = self.seen
         seen["param_devices"] |= {p.device.type for p in module.parameters()}
         seen["output_devices"].add(output.device.type)
         seen["output_dtypes"].add(output.dtype)
@@ -58,17 +66,10 @@ def watched(monkeypatch: pytest.MonkeyPatch) -> dict:
         else:
             seen["trial_forwards" if module.training else "eval_forwards"] += 1
 
-    fit = Trainer.fit
 
-    def watched_fit(self: Trainer) -> dict:
-        handle = self.model.register_forward_hook(hook)
-        try:
-            return fit(self)
-        finally:
-            handle.remove()
-
-    monkeypatch.setattr(Trainer, "fit", watched_fit)
-    return seen
+@pytest.fixture
+def watched() -> ForwardWatch:
+    return ForwardWatch()
 
 
 def assert_trained_on_device(summary: dict, seen: dict, steps: int, metric: str) -> None:
@@ -89,9 +90,9 @@ def test_glue_with_small_bert(tmp_path, tokenizer_dir, watched):  # noqa: F811
     summary = run_config(
         ["dataset=sst2", "model=small_bert", f"model.tokenizer={tokenizer_dir}",
          f"data_dir={tmp_path / 'data'}", "trainer=paper_nlp", *LINE_SEARCH, *ON_DEVICE],
-        tmp_path / "run",
+        tmp_path / "run", callbacks=[watched],
     )
-    assert_trained_on_device(summary, watched, 3, "final_val_accuracy")
+    assert_trained_on_device(summary, watched.seen, 3, "final_val_accuracy")
 
 
 def test_openwebtext_with_small_gpt2(tmp_path, owt_dir, watched):  # noqa: F811
@@ -100,9 +101,9 @@ def test_openwebtext_with_small_gpt2(tmp_path, owt_dir, watched):  # noqa: F811
          "dataset.build.token_budget=256", "dataset.build.val_fraction=0.2", "model.build.n_layer=1",
          "model.build.n_head=2", "model.build.n_embd=16", "model.build.block_size=16", *LINE_SEARCH,
          *ON_DEVICE],
-        tmp_path / "run",
+        tmp_path / "run", callbacks=[watched],
     )
-    assert_trained_on_device(summary, watched, 3, "final_val_perplexity")
+    assert_trained_on_device(summary, watched.seen, 3, "final_val_perplexity")
     assert summary["final_val_perplexity"] == pytest.approx(math.exp(summary["final_val_loss"]))
 
 
@@ -110,21 +111,21 @@ def test_cifar10_with_resnet34(tmp_path, cifar10_dir, watched):  # noqa: F811
     summary = run_config(
         ["dataset=cifar10", "model=resnet34_cifar", f"data_dir={cifar10_dir}", *LINE_SEARCH,
          "optimizer.build.speed_up=false", *ON_DEVICE],
-        tmp_path / "run",
+        tmp_path / "run", callbacks=[watched],
     )
-    assert_trained_on_device(summary, watched, 3, "final_val_accuracy")
+    assert_trained_on_device(summary, watched.seen, 3, "final_val_accuracy")
 
 
 def test_digits_with_small_cnn_in_bf16_tracks_fp32(tmp_path, watched):
     require_bf16()
     runs = {}
     for precision in ("bf16", "fp32"):
-        watched["output_dtypes"].clear()
+        watched.seen["output_dtypes"].clear()
         runs[precision] = run_config([f"trainer.precision={precision}", "trainer.epochs=2", *ON_DEVICE],
-                                     tmp_path / precision)
+                                     tmp_path / precision, callbacks=[watched])
         # The forward ran under autocast (bf16 logits) or in full precision.
-        assert watched["output_dtypes"] == {torch.bfloat16 if precision == "bf16" else torch.float32}
-    assert watched["param_devices"] == {DEVICE.type}
+        assert watched.seen["output_dtypes"] == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert watched.seen["param_devices"] == {DEVICE.type}
     assert runs["bf16"]["status"] == "finished" and runs["bf16"]["bad_steps"] == 0
     assert runs["bf16"]["final_val_accuracy"] > 0.5  # chance is 0.1
     assert runs["bf16"]["final_val_loss"] == pytest.approx(runs["fp32"]["final_val_loss"], rel=0.2)
@@ -134,13 +135,14 @@ def test_gradient_accumulation_replays_both_micro_batches_on_the_device(tmp_path
     summary = run_config(
         ["model=mlp", "model.build.dropout=0.2", "trainer.batch_size=16", "trainer.accumulation_steps=2",
          "trainer.max_steps=6", "trainer.eval_interval=6", *ON_DEVICE],
-        tmp_path,
+        tmp_path, callbacks=[watched],
     )
+    seen = watched.seen
     assert summary["status"] == "finished" and summary["steps"] == 6 and summary["bad_steps"] == 0
-    assert watched["param_devices"] == {DEVICE.type} and watched["output_devices"] == {DEVICE.type}
-    assert watched["grad_forwards"] == 2 * 6  # both micro-batches of every step, with gradients
+    assert seen["param_devices"] == {DEVICE.type} and seen["output_devices"] == {DEVICE.type}
+    assert seen["grad_forwards"] == 2 * 6  # both micro-batches of every step, with gradients
     # The optimizer counts the caller's L0 as one forward; each trial evaluates both micro-batches.
-    assert watched["trial_forwards"] == 2 * (summary["forwards"] - 6) > 0
+    assert seen["trial_forwards"] == 2 * (summary["forwards"] - 6) > 0
 
 
 def test_a_compiled_model_trains_like_the_eager_one(tmp_path, monkeypatch):
@@ -187,13 +189,13 @@ def _rows(run_dir: Path) -> list[dict]:
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-def test_resume_continues_the_cuda_random_stream(tmp_path, monkeypatch):
+def test_resume_continues_the_cuda_random_stream(tmp_path):
     """A run killed at step 10 and resumed from its step-8 checkpoint logs the straight run's
     rows: the dropout masks after the resume come from the restored CUDA generator state."""
     common = ["model=mlp", "model.build.dropout=0.2", "trainer.max_steps=14", "trainer.checkpoint_interval=4",
               "trainer.eval_interval=7", *ON_DEVICE]
     straight = run_config(common, tmp_path / "straight")
-    resumed = crash_then_resume(common, tmp_path / "resumed", 10, monkeypatch)
+    resumed = crash_then_resume(common, tmp_path / "resumed", 10)
     assert resumed["status"] == "finished"
     assert logged_rows(tmp_path / "resumed") == logged_rows(tmp_path / "straight")
     assert resumed["final_loss"] == straight["final_loss"]

@@ -38,7 +38,8 @@ from experiments.config import DecayScope, Precision
 from experiments.data import DataSpec
 from experiments.errors import ConfigError
 from experiments.param_groups import parameter_groups
-from experiments.runner import build, cosine_warmup
+from experiments.runner import build
+from experiments.training.schedule import cosine_warmup
 
 from harness_utils import run_config
 from test_run_multiple import commands, compose, dry_run, job_overrides

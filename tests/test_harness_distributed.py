@@ -24,10 +24,10 @@ import torch.distributed as dist
 
 from experiments import distributed
 from experiments.checkpoint import list_checkpoints
-from experiments.data.collate import InMemoryPairs
-from experiments.trainer import EpochSampler, Trainer
+from experiments.data.sampling import EpochSampler
+from experiments.training import Callback, Trainer
 
-from harness_utils import CONF, FAST, run_config
+from harness_utils import CONF, FAST, TrainedParameters, run_config
 from ranks import free_port, loopback_env, run_ranks
 
 pytestmark = pytest.mark.skipif(
@@ -144,43 +144,43 @@ def test_a_single_process_resumes_a_torchrun_checkpoint(torchrun_run, tmp_path):
 
 
 # -- spawned ranks, looked into -------------------------------------------------------------
+class LocalLosses(Callback):
+    """This rank's own loss of each step before the ranks average it: the cross-entropy of the
+    first forward with gradients (the step's first evaluation), and the first epoch's indices of
+    this rank."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.first_epoch = trainer.batches.sampler(epoch=0).indices()
+        trainer.model.register_forward_hook(self._record)
+
+    def on_step_start(self, trainer: Trainer, step) -> None:
+        (batch,) = step.batches
+        self.labels, self.recorded = batch["labels"], False
+
+    def _record(self, module: torch.nn.Module, args: object, logits: torch.Tensor) -> None:
+        if torch.is_grad_enabled() and module.training and not self.recorded:
+            self.losses.append(torch.nn.functional.cross_entropy(logits.float(), self.labels).item())
+            self.recorded = True
+
+
 def _rank_worker(rank: int, ports: dict[str, int], out_dir: str) -> None:
-    """One rank: the environment torchrun would set, then the runner as main.py calls it. The
-    trainer is watched from outside (no hook in the product): the first epoch's indices, this
-    rank's own loss before averaging, and the parameters after training."""
+    """One rank: the environment torchrun would set, then the runner as main.py calls it, with
+    callbacks that record the first epoch's indices, this rank's own loss before averaging, and
+    the parameters after training."""
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD_SIZE),
                        "MASTER_ADDR": "127.0.0.1", **loopback_env()})
     torch.set_num_threads(1)
-    seen: dict = {}
-    fit, optimizer_step, batches = Trainer.fit, Trainer.optimizer_step, InMemoryPairs.batches
-
-    def watched_batches(self: InMemoryPairs, order: list[int], batch_size: int):
-        seen.setdefault("first_epoch", list(order))
-        return batches(self, order, batch_size)
-
-    def watched_fit(self: Trainer) -> dict:
-        summary = fit(self)
-        seen["params"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        return summary
-
-    def watched_step(self: Trainer, closure):
-        def recording(backwards: bool = False):
-            loss = closure(backwards=backwards)
-            if backwards:  # L0 on this rank's batch
-                seen["local_losses"].append(loss.item())
-            return loss
-
-        return optimizer_step(self, recording)
-
-    Trainer.fit, Trainer.optimizer_step = watched_fit, watched_step
-    InMemoryPairs.batches = watched_batches
     results = {}
     for name, overrides in SCENARIOS.items():
         os.environ["MASTER_PORT"] = str(ports[name])
-        seen.clear()
-        seen["local_losses"] = []
-        summary = run_config([f"trainer.max_steps={N_STEPS}", *overrides], Path(out_dir) / name)
-        results[name] = {"summary": summary, **seen}
+        local, trained = LocalLosses(), TrainedParameters()
+        summary = run_config([f"trainer.max_steps={N_STEPS}", *overrides], Path(out_dir) / name,
+                             callbacks=[local, trained])
+        results[name] = {"summary": summary, "first_epoch": local.first_epoch, "local_losses": local.losses,
+                         "params": trained.params}
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
 
 

@@ -14,9 +14,8 @@ import torch
 
 from experiments.checkpoint import list_checkpoints
 from experiments.errors import ConfigError
-from experiments.trainer import Trainer
 
-from harness_utils import CONF, Crash, crashing_at_step, run_config
+from harness_utils import CONF, Crash, CrashAt, run_config
 
 ROOT = CONF.parent
 OPTIMIZERS = sorted(p.stem for p in (CONF / "optimizer").glob("*.yaml"))
@@ -74,19 +73,16 @@ def test_line_search_with_a_schedule_is_rejected(tmp_path):
 
 
 
-def test_resume_after_a_crash_continues_the_same_trajectory(tmp_path, monkeypatch):
+def test_resume_after_a_crash_continues_the_same_trajectory(tmp_path):
     common = ["trainer.max_steps=30", "trainer.checkpoint_interval=10", "trainer.eval_interval=10",
               "model.build.dropout=0.2"]
     straight = run_config(common, tmp_path / "straight")
 
-    original = Trainer._after_step
-    monkeypatch.setattr(Trainer, "_after_step", crashing_at_step(25))
     with pytest.raises(Crash):
-        run_config(common, tmp_path / "resumed")
+        run_config(common, tmp_path / "resumed", callbacks=[CrashAt(25)])
     failed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert failed["status"] == "failed" and "killed" in failed["error"]
     assert len([r for r in rows(tmp_path / "resumed") if "loss" in r]) == 25  # kept what was logged
-    monkeypatch.setattr(Trainer, "_after_step", original)
 
     resumed = run_config([*common, "trainer.resume=true"], tmp_path / "resumed")
     assert resumed["status"] == "finished"

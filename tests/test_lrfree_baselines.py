@@ -17,7 +17,7 @@ from hydra.utils import get_object, instantiate
 from experiments.checkpoint import list_checkpoints
 from experiments.errors import ConfigError
 from experiments.preflight import check_build_blocks
-from experiments.trainer import Trainer
+from experiments.training import Callback, Trainer
 
 from harness_utils import compose_run_config, crash_then_resume, logged_rows, run_config
 
@@ -62,41 +62,43 @@ def test_short_run_lowers_the_loss(optimizer, tmp_path):
     assert val_losses[-1] < val_losses[0]
 
 
+class SchedulefreePoints(Callback):
+    """At every evaluation in training: the parameters before it (y), during it (x), after it (y
+    again: before the next step) and the optimizer's z, by step."""
+
+    def __init__(self) -> None:
+        self.points: dict[int, dict[str, list[torch.Tensor]]] = {}
+
+    def on_step_end(self, trainer: Trainer, loss: float) -> None:
+        self.points[trainer.state.step] = {"before": parameters(trainer)}
+
+    def on_evaluation_start(self, trainer: Trainer) -> None:
+        optimizer = trainer.step.optimizer
+        assert not optimizer.param_groups[0]["train_mode"]
+        z = [optimizer.state[p]["z"].clone() for p in trainer.model.parameters()]
+        self.points[trainer.state.step].update(during=parameters(trainer), z=z)
+
+    def on_step_start(self, trainer: Trainer, step) -> None:
+        self.points.get(trainer.state.step, {})["after"] = parameters(trainer)
+
+    def evaluated(self) -> dict[int, dict[str, list[torch.Tensor]]]:
+        return {step: point for step, point in self.points.items() if "during" in point}
 
 
-def _capture_schedulefree_points(monkeypatch) -> list[dict[str, list[torch.Tensor]]]:
-    """Record, at every evaluation or checkpoint, the parameters before (y), during the
-    evaluation (x), after (y again) and the optimizer's z."""
-    captured: list[dict[str, list[torch.Tensor]]] = []
-    when_due, evaluate = Trainer._evaluate_or_checkpoint_when_due, Trainer.evaluate
-
-    def params(trainer: Trainer) -> list[torch.Tensor]:
-        return [p.detach().clone() for p in trainer.model.parameters()]
-
-    def recording_when_due(self: Trainer) -> None:
-        before, count = params(self), len(captured)
-        when_due(self)
-        if len(captured) > count:  # an evaluation happened
-            captured[-1].update(before=before, after=params(self))
-
-    def recording_evaluate(self: Trainer) -> dict[str, float]:
-        assert not self.optimizer.param_groups[0]["train_mode"]
-        z = [self.optimizer.state[p]["z"].clone() for p in self.model.parameters()]
-        captured.append({"during": params(self), "z": z})
-        return evaluate(self)
-
-    monkeypatch.setattr(Trainer, "_evaluate_or_checkpoint_when_due", recording_when_due)
-    monkeypatch.setattr(Trainer, "evaluate", recording_evaluate)
-    return captured
+def parameters(trainer: Trainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.model.parameters()]
 
 
-def test_schedulefree_evaluates_the_averaged_weights_and_trains_on(tmp_path, monkeypatch):
+def test_schedulefree_evaluates_the_averaged_weights_and_trains_on(tmp_path):
     pytest.importorskip("schedulefree")
-    captured = _capture_schedulefree_points(monkeypatch)
-    run_config(["optimizer=schedulefree_adamw", "trainer.max_steps=20", "trainer.eval_interval=10"], tmp_path)
-    assert len(captured) == 2  # steps 10 and 20; the end of fit adds none
+    watched = SchedulefreePoints()
+    run_config(["optimizer=schedulefree_adamw", "trainer.max_steps=21", "trainer.eval_interval=10"], tmp_path,
+               callbacks=[watched])
+    # Steps 10 and 20 in training, each followed by a step; the final evaluation (21) leaves x in place.
+    assert sorted(watched.evaluated()) == [10, 20, 21]
     beta1 = 0.9
-    for point in captured:
+    for step in (10, 20):
+        point = watched.evaluated()[step]
         for y, x, z, after in zip(point["before"], point["during"], point["z"], point["after"]):
             # y = (1 - beta1) z + beta1 x: the evaluation point x is the average that y leans off
             assert torch.allclose(x, y + (1 - 1 / beta1) * (z - y), atol=1e-6)
@@ -113,12 +115,12 @@ def test_schedulefree_evaluations_do_not_change_the_trajectory(tmp_path):
     assert often["final_val_loss"] == pytest.approx(once["final_val_loss"], rel=1e-4)
 
 
-def test_schedulefree_resume_continues_the_same_trajectory(tmp_path, monkeypatch):
+def test_schedulefree_resume_continues_the_same_trajectory(tmp_path):
     pytest.importorskip("schedulefree")
     common = ["optimizer=schedulefree_adamw", "trainer.max_steps=30", "trainer.checkpoint_interval=10",
               "trainer.eval_interval=5", "model.build.dropout=0.2"]
     straight = run_config(common, tmp_path / "straight")
-    resumed = crash_then_resume(common, tmp_path / "resumed", 25, monkeypatch)
+    resumed = crash_then_resume(common, tmp_path / "resumed", 25)
     assert logged_rows(tmp_path / "resumed") == logged_rows(tmp_path / "straight")
     assert resumed["final_val_loss"] == straight["final_val_loss"]
     a, b = (torch.load(list_checkpoints(tmp_path / run)[-1], weights_only=True) for run in ("straight", "resumed"))

@@ -99,7 +99,7 @@ def test_a_fast_run_gets_no_note(tmp_path):
     assert "notes" not in summary  # too short to probe
 
 
-def test_timed_checkpoints_are_written_and_leave_the_trajectory_as_it_is(tmp_path, monkeypatch):
+def test_timed_checkpoints_are_written_and_leave_the_trajectory_as_it_is(tmp_path):
     """trainer.checkpoint_minutes: with a limit every step passes, a checkpoint after every step;
     a run killed at step 7 resumes from step 6 and ends as the uninterrupted run without timed
     checkpoints (also for Schedule-Free, whose evaluation weights a timed checkpoint leaves alone)."""
@@ -109,7 +109,7 @@ def test_timed_checkpoints_are_written_and_leave_the_trajectory_as_it_is(tmp_pat
         run_config([*base, "trainer.checkpoint_minutes=0"], untimed)
         timed = tmp_path / f"{optimizer}-timed"
         resumed = crash_then_resume([*base, "trainer.checkpoint_minutes=1e-9", "trainer.keep_checkpoints=20"],
-                                    timed, crash_step=7, monkeypatch=monkeypatch)
+                                    timed, crash_step=7)
         assert resumed["status"] == "finished"
         steps = sorted(int(p.stem.split("_")[1]) for p in (timed / "checkpoints").glob("step_*.pt"))
         assert steps == list(range(1, 11))

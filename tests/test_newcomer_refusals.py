@@ -8,14 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from omegaconf import OmegaConf
 
-from experiments.logging import Loggers
-from experiments.runner import build
-from experiments.trainer import Trainer
-from harness_utils import compose_run_config
-from optim import SaLSA
+from experiments.config import ScheduleConfig
+from harness_utils import trainer_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,15 +46,9 @@ def test_a_refusal_keeps_parents_that_hold_something(tmp_path):
 
 
 def test_a_scheduler_on_a_line_search_warns_once(tmp_path):
-    cfg = compose_run_config(["trainer.max_steps=4"])
-    data = build(cfg, "dataset")
-    model = build(cfg, "model", spec=data.spec)
-    optimizer = SaLSA(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
-    trainer = Trainer(OmegaConf.to_object(cfg.trainer), model, optimizer, scheduler, data, Loggers(None, []),
-                      tmp_path, torch.device("cpu"), seed=0)
+    """The runner refuses the combination (optimizer.schedule=null); the trainer built directly warns."""
     with pytest.warns(UserWarning) as caught:
-        trainer.fit()
+        trainer_for(["optimizer=salsa_class", "trainer.max_steps=4"], tmp_path, schedule=ScheduleConfig())
     messages = [str(w.message) for w in caught if "scheduler" in str(w.message)]
     assert messages == ["LambdaLR has no effect on SaLSA: a line search sets its own step size at every step, "
                         "and a group's lr only mirrors it; drop the scheduler"]

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from experiments.checkpoint import digest_path, list_checkpoints, load_latest_checkpoint, save_checkpoint
-from experiments.trainer import Trainer
 
-from harness_utils import Crash, crashing_at_step, main_in_process, run_config, working_copy
+from harness_utils import Crash, CrashAt, main_in_process, run_config, working_copy
 
 RUN = ["trainer.progress=false", "trainer.device=cpu", "trainer.max_steps=6", "trainer.checkpoint_interval=3",
        "model.build.dropout=0.1"]
@@ -94,12 +93,10 @@ def test_with_no_usable_checkpoint_a_resume_refuses_and_keeps_the_record(record,
     assert {name: (record / name).read_bytes() for name in kept} == kept  # no restart from zero
 
 
-def test_a_record_without_any_checkpoint_starts_over(tmp_path, monkeypatch):
+def test_a_record_without_any_checkpoint_starts_over(tmp_path):
     """A run that failed before its first checkpoint is restarted with trainer.resume=true
     (run_multiple.py's "restart"): there is nothing to lose."""
-    monkeypatch.setattr(Trainer, "_after_step", crashing_at_step(2))
     with pytest.raises(Crash):
-        run_config(["trainer.max_steps=4"], tmp_path)
-    monkeypatch.undo()
+        run_config(["trainer.max_steps=4"], tmp_path, callbacks=[CrashAt(2)])
     assert not list_checkpoints(tmp_path)
     assert run_config(["trainer.max_steps=4", "trainer.resume=true"], tmp_path)["steps"] == 4

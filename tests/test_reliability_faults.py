@@ -20,9 +20,8 @@ import experiments.record
 import experiments.runner
 from experiments.checkpoint import list_checkpoints, load_checkpoint
 from experiments.record import RunRecord
-from experiments.trainer import Trainer
 
-from harness_utils import CONF, main_in_process
+from harness_utils import CONF, SignalAtEvaluation, main_in_process, trainers_also_call
 
 ROOT = CONF.parent
 FAST = ["trainer.progress=false", "trainer.device=cpu"]
@@ -80,14 +79,7 @@ def test_sigterm_while_a_resume_starts_records_interrupted(tmp_path, monkeypatch
 def test_sigterm_during_the_final_evaluation_lets_it_finish(tmp_path, monkeypatch):
     """The last step is taken: the final evaluation and checkpoint complete the run, as an
     evaluation during training completes before the stop."""
-    original = Trainer.evaluate
-
-    def evaluate(self):
-        if self.state.step == self.total_steps:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    trainers_also_call(monkeypatch, SignalAtEvaluation(signal.SIGTERM, step=5))
     monkeypatch.chdir(ROOT)
     assert main_in_process([*FAST, "trainer.max_steps=5", f"hydra.run.dir={tmp_path}"]) == 0
     assert summary(tmp_path)["status"] == "finished" and "final_val_loss" in summary(tmp_path)

@@ -15,16 +15,10 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
-
-from omegaconf import OmegaConf
 
 from experiments.checkpoint import PAYLOAD_KEYS, list_checkpoints, load_checkpoint, save_checkpoint
-from experiments.logging import Loggers
-from experiments.runner import build
-from experiments.trainer import Trainer
 
-from harness_utils import CONF, compose_run_config, main_in_process, working_copy
+from harness_utils import CONF, main_in_process, trainer_for, working_copy
 
 ROOT = CONF.parent
 BASE = ["trainer.progress=false", "trainer.device=cpu", "trainer.max_steps=4", "trainer.checkpoint_interval=2"]
@@ -100,13 +94,8 @@ def test_a_checkpoint_whose_place_lies_past_the_epoch_is_refused_not_spun_on(rec
 
 def test_the_loop_stops_instead_of_spinning_when_no_batch_is_left(tmp_path):
     """Whatever the position says, a pass over the epoch that yields no step ends the run."""
-    cfg = compose_run_config(["trainer.max_steps=3"])
-    data = build(cfg, "dataset")
-    model = build(cfg, "model", spec=data.spec)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = Trainer(OmegaConf.to_object(cfg.trainer), model, optimizer, None, data, Loggers(None, []),
-                      tmp_path, torch.device("cpu"), 0)
-    trainer.state.batch_in_epoch = trainer.steps_per_epoch + 3  # a place that does not exist
+    trainer = trainer_for(["optimizer=sgd", "trainer.max_steps=3"], tmp_path)
+    trainer.state.batch_in_epoch = trainer.plan.steps_per_epoch + 3  # a place that does not exist
     with pytest.raises(RuntimeError, match="has no batch left"):
         trainer.fit()
 

@@ -19,9 +19,8 @@ from omegaconf import OmegaConf
 import experiments.runner
 from experiments.checkpoint import list_checkpoints
 from experiments.sweep_supervisor import Stopping
-from experiments.trainer import Trainer
 
-from harness_utils import CONF, main_in_process
+from harness_utils import CONF, SignalAtEvaluation, main_in_process, trainers_also_call
 
 ROOT = CONF.parent
 FAST = ["trainer.progress=false", "trainer.device=cpu"]
@@ -32,22 +31,10 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def signal_at_evaluation(monkeypatch, signum: int, step: int) -> None:
-    """Deliver ``signum`` to this process when the evaluation of ``step`` begins."""
-    original = Trainer.evaluate
-
-    def evaluate(self):
-        if self.state.step == step:
-            os.kill(os.getpid(), signum)
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "evaluate", evaluate)
-
-
 @pytest.mark.parametrize("signum", STOPS, ids=lambda s: signal.Signals(s).name)
 def test_a_stop_signal_while_training_checkpoints_and_exits_with_128_plus_it(signum, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
-    signal_at_evaluation(monkeypatch, signum, step=2)
+    trainers_also_call(monkeypatch, SignalAtEvaluation(signum, step=2))
     run_dir = tmp_path / "run"
     code = main_in_process([*FAST, "trainer.max_steps=6", "trainer.eval_interval=2", f"hydra.run.dir={run_dir}"])
     lines = capsys.readouterr().err.strip().splitlines()
