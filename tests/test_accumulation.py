@@ -21,7 +21,7 @@ from torch import nn
 from experiments.data import DataBundle, DataSpec
 from experiments.data.collate import InMemoryPairs, collate_inputs_labels
 from experiments.training.batches import StepBatches
-from experiments.training.tasks import Classification, LanguageModelling
+from experiments.training.task_kinds import Classification, LanguageModelling
 
 from harness_utils import TrainedParameters, run_config, trainer_for
 

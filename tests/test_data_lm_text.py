@@ -59,7 +59,7 @@ def test_blocks_shift_labels_by_one_and_cover_the_stream(gpt2):
 def test_openwebtext_budget_split_and_batches(owt_dir, gpt2):
     bundle = openwebtext(data_dir=owt_dir, block_size=8, token_budget=100, val_fraction=0.1)
     assert bundle.name == "openwebtext"
-    assert bundle.spec.task == "language_modeling" and bundle.spec.vocab_size == 50257
+    assert bundle.spec.task_kind == "language_modeling" and bundle.spec.vocab_size == 50257
     # the budget counts target tokens: 100 of them need 101 tokens and fill 12 blocks of 8
     assert len(bundle.train.tokens) == 101 and len(bundle.train) == 12
 

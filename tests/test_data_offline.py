@@ -11,7 +11,7 @@ from experiments.data.offline import digits
 
 def test_digits_shapes_range_and_batch():
     bundle = digits()
-    assert bundle.spec.task == "classification"
+    assert bundle.spec.task_kind == "classification"
     assert bundle.spec.num_classes == 10 and bundle.spec.input_shape == (1, 8, 8)
     assert len(bundle.train) + len(bundle.val) == 1797
     assert len(bundle.val) == math.ceil(0.2 * 1797)

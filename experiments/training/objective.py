@@ -1,4 +1,4 @@
-"""The loss a step minimises: the task's loss of the model on a batch, under the run's precision,
+"""The loss a step minimises: the task kind's loss of the model on a batch, under the run's precision,
 and its gradient, accumulated over a step's micro-batches and clipped."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..config import Precision
 from .batches import Batch, MicroBatches
-from .tasks import Task
+from .task_kinds import TaskKind
 
 
 def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractContextManager:
@@ -26,12 +26,12 @@ def autocast(precision: Precision, device: torch.device) -> contextlib.AbstractC
 
 @dataclass
 class Objective:
-    """The loss of ``forward_model`` on a batch (``task.loss`` of its logits) and its gradient in
+    """The loss of ``forward_model`` on a batch (``task_kind.loss`` of its logits) and its gradient in
     the parameters of ``model``."""
 
     model: nn.Module  # whose parameters are trained and clipped
     forward_model: nn.Module  # what is called: the model, its DDP wrapper, compiled or not
-    task: Task
+    task_kind: TaskKind
     precision: Precision
     device: torch.device
     max_grad_norm: float | None = None  # clip the gradient to this norm (the GPT-2 runs: 1.0)
@@ -44,7 +44,7 @@ class Objective:
 
     def loss(self, batch: Batch) -> Tensor:
         with self.autocast():
-            return self.task.loss(self.forward_model(batch), batch["labels"])
+            return self.task_kind.loss(self.forward_model(batch), batch["labels"])
 
     def closure(self, batch: Batch) -> Callable[..., Tensor]:
         """``closure(backwards=False)``: the loss on ``batch``; with ``backwards``, also its

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .tasks import Task
+from .task_kinds import TaskKind
 
 
 @dataclass
@@ -61,10 +61,10 @@ class TrainState:
         self.epoch += 1
         self.batch_in_epoch = 0
 
-    def record_evaluation(self, metrics: dict[str, float], task: Task) -> None:
-        """The metrics of an evaluation at this step; the best of each so far, as ``task`` ranks them."""
+    def record_evaluation(self, metrics: dict[str, float], task_kind: TaskKind) -> None:
+        """The metrics of an evaluation at this step; the best of each so far, as ``task_kind`` ranks them."""
         self.last_eval = metrics
         self.last_eval_step = self.step
         for key, value in metrics.items():
             previous = self.best_eval.get(key)
-            self.best_eval[key] = value if previous is None else task.better(key)(previous, value)
+            self.best_eval[key] = value if previous is None else task_kind.better(key)(previous, value)

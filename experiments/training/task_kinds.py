@@ -3,8 +3,8 @@ batch's mean loss averages over, the validation metrics, and which way each metr
 
 A model's ``forward(batch)`` gives logits; the loss is the mean cross-entropy against
 ``batch["labels"]``, over examples (classification) or tokens (language modelling). A new kind of
-task is a :class:`Task` subclass registered in :data:`TASKS` under its
-:data:`experiments.data.Task` name.
+task is a :class:`TaskKind` subclass registered in :data:`TASK_KINDS` under its
+:data:`experiments.data.TaskKindName` name.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class Tally:
     correct: int = 0  # classification: targets whose largest logit is the label
 
 
-class Task(ABC):
+class TaskKind(ABC):
     """The loss, target count and metrics of one kind of task."""
 
     # The validation metrics whose larger value is better (all others: the smaller).
@@ -65,7 +65,7 @@ class Task(ABC):
         return max if key in self.larger_is_better else min
 
 
-class Classification(Task):
+class Classification(TaskKind):
     """One label per example: the loss and accuracy over examples."""
 
     larger_is_better = frozenset({"val_accuracy"})
@@ -82,7 +82,7 @@ class Classification(Task):
         return {"val_loss": tally.loss / targets, "val_accuracy": tally.correct / targets}
 
 
-class LanguageModelling(Task):
+class LanguageModelling(TaskKind):
     """The next token at every position: the loss and perplexity over tokens (ignored ones excluded)."""
 
     def targets(self, labels: Tensor) -> int:
@@ -93,9 +93,9 @@ class LanguageModelling(Task):
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 700.0))}  # exp overflows past ~709
 
 
-TASKS: Mapping[str, Task] = {"classification": Classification(), "language_modeling": LanguageModelling()}
+TASK_KINDS: Mapping[str, TaskKind] = {"classification": Classification(), "language_modeling": LanguageModelling()}
 
 
-def task_for(spec: DataSpec) -> Task:
-    """The task of a dataset, as its :class:`~experiments.data.DataSpec` names it."""
-    return TASKS[spec.task]
+def task_kind_for(spec: DataSpec) -> TaskKind:
+    """The task kind of a dataset, as its :class:`~experiments.data.DataSpec` names it."""
+    return TASK_KINDS[spec.task_kind]
