@@ -42,7 +42,7 @@ from experiments.runner import build
 from experiments.training.schedule import cosine_warmup
 
 from harness_utils import run_config
-from test_run_multiple import commands, compose, dry_run, job_overrides
+from sweep_utils import commands, compose, dry_run, job_overrides
 
 pytest.importorskip("transformers")
 

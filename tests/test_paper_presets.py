@@ -26,7 +26,7 @@ from torch import nn
 
 from experiments.runner import build
 from optim.presets import paper_optimizer
-from test_run_multiple import commands, compose, dry_run, job_overrides
+from sweep_utils import commands, compose, dry_run, job_overrides
 
 GROWTH = 2.0 ** (1.0 / 500)  # AdamSLS: gamma 2, n_batches_per_epoch 500, reset_option 1
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -16,24 +15,17 @@ from omegaconf import OmegaConf
 import run_multiple
 from experiments import sweep_supervisor
 from experiments.grid import EXTRA_COLUMNS, PAPER_COLUMNS
-from experiments.paths import CONF, MAIN, REPO
+from experiments.paths import MAIN, REPO
 from experiments.sweep_plan import State, classify
+
+from sweep_utils import commands, compose, dry_run, job_overrides
 
 COUNT_LINE = re.compile(r"^(\w+): (\d+) runs \((\d+) tasks x (\d+) columns x (\d+) seeds\)", re.M)
 RUN_LINE = re.compile(r"^  (skip|diverged|resume|restart|fresh) +(\S+)", re.M)
 
 
-def dry_run(capsys, *argv: str) -> str:
-    assert run_multiple.main([*argv, "--dry-run"]) == 0
-    return capsys.readouterr().out
-
-
 def counts(out: str) -> dict[str, tuple[int, ...]]:
     return {m[1]: tuple(int(x) for x in m.groups()[1:]) for m in COUNT_LINE.finditer(out)}
-
-
-def commands(out: str) -> list[list[str]]:
-    return [shlex.split(line.removeprefix("  $ ")) for line in out.splitlines() if line.startswith("  $ ")]
 
 
 @pytest.mark.parametrize("argv, expected", [
@@ -180,22 +172,6 @@ def test_local_launcher_is_one_process_per_run(capsys, tmp_path):
     assert all(arg(c, "hydra/launcher") is None and "," not in arg(c, "optimizer") for c in cmds)
     logs = [line.split("log: ")[1] for line in out.splitlines() if line.startswith("    log: ")]
     assert logs[0] == str(tmp_path / "gpt2" / "openwebtext-gpt2-adam-seed0" / "run.log")
-
-
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from experiments.config import register_schema
-
-    register_schema()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose("config", overrides=overrides)
-
-
-def job_overrides(cmd: list[str]) -> list[str]:
-    """The run's overrides: the command after ``python main.py -m``, less Hydra's own settings."""
-    return [a for a in cmd[3:] if not a.startswith("hydra")]
 
 
 @pytest.mark.parametrize("grid, task, optimizer, expected", [
