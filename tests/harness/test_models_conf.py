@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from experiments.data import DataSpec
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "model"
 IMAGE_MODELS = ["mlp", "small_cnn", "resnet34_cifar", "resnet50"]
 TEXT_MODELS = ["small_bert", "bert", "roberta", "gpt2", "small_gpt2"]
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Measured idle on 2 cores beyond `import torch`: torch.distributed.tensor 0.6 s (FSDP2's
 # DTensors: optim/_sharding.py looks the module up), triton 0.13 s (the fused step's CUDA kernel).
 USED_BY_SOME_RUNS = ["torch.distributed.tensor", "triton"]

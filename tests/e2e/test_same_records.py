@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 
 # The harness whose records the current one must reproduce.
 BASELINE_COMMIT = "073b5f1"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXED = ["trainer.device=cpu", "trainer.threads=1", "trainer.progress=false"]
 # Wall-clock fields, and those that name this machine's paths and libraries.
 UNCOMPARED_ROW_KEYS = {"time"}

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from experiments.data import DataBundle
 
-DATASET_CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+DATASET_CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 EXPECTED = {"digits", "sst2", "mrpc", "qnli", "mnli", "cifar10", "cifar100", "imagenet", "openwebtext"}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from experiments.data.tokenizer_names import MINILM_INSTALL
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
 # What .ci/run may do besides the two commands: fail on the first error, go to the clone, warn
 # about the disk space the install needs.

@@ -97,7 +97,7 @@ def check_line_search(cfg, column: str, speed_up: bool) -> None:
 def test_each_column_config_lists_the_values_of_its_python_preset(column):
     """conf/optimizer/<column>.yaml and optim.presets hold the same preset: built through
     paper_optimizer with and without the config's values, the groups hold the same settings."""
-    cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "optimizer" / f"{column}.yaml")
+    cfg = OmegaConf.load(Path(__file__).parents[2] / "conf" / "optimizer" / f"{column}.yaml")
     from_config = built_optimizer(OmegaConf.create({"optimizer": cfg}))
     from_python = paper_optimizer(cfg.build.preset, [nn.Parameter(torch.zeros(3))])
     assert type(from_config) is type(from_python)
@@ -165,7 +165,7 @@ def test_the_baseline_columns_list_every_hyperparameter_of_their_class(column):
 
     from hydra.utils import get_object
 
-    build_cfg = OmegaConf.load(Path(__file__).parents[1] / "conf" / "optimizer" / f"{column}.yaml").build
+    build_cfg = OmegaConf.load(Path(__file__).parents[2] / "conf" / "optimizer" / f"{column}.yaml").build
     parameters = inspect.signature(get_object(build_cfg._target_)).parameters
     positional = {name for name, p in parameters.items()
                   if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and name != "params"}

@@ -26,7 +26,7 @@ from slurm_cluster import Cluster, watching
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MAIN = REPO / "main.py"
 ONE_THREAD = ["trainer.threads=1", "trainer.progress=false", "trainer.device=cpu"]
 ON_CPU_NODE = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Built from parts, so that this file does not name them itself.
 OUTSIDE = re.compile("|".join(
     [re.escape(".." + "/shared")] + [rf"\b{name}\.md\b" for name in ("DESIGN", "ALGORITHMS", "PROTOCOL", "OFFLINE")]

@@ -13,7 +13,7 @@ from optim.presets import paper_optimizer
 
 from conftest import model_closure, small_mlp
 
-FIXTURE = Path(__file__).parent / "fixtures" / "state_dicts_0.1.0.pt"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "state_dicts_0.1.0.pt"
 # As tests/fixtures/make_state_dicts_0.1.0.py built them.
 BUILDERS = {
     "salsa": lambda p: SaLSA(p),

@@ -12,7 +12,7 @@ import pytest
 from experiments.config import ScheduleConfig
 from harness_utils import trainer_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:

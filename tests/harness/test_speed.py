@@ -17,7 +17,7 @@ import torch
 from experiments import speed
 from harness_utils import compose_run_config, crash_then_resume, logged_rows, run_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_probe_times_each_thread_count_with_that_many_threads():

@@ -21,7 +21,7 @@ from experiments.models.text import PretrainedNotFound, text_classifier
 from experiments.preflight import check_build_blocks
 from harness_utils import compose_run_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The libraries retry an unreachable hub for 25-55 s; an answer within this is "at once".
 PROMPT_SECONDS = 10.0
 NOT_ON_THE_HUB = "no-such-org/no-such-model-for-salsa-tests"

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 import run_multiple
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_optim  # noqa: E402

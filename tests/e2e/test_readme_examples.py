@@ -16,7 +16,7 @@ import pytest
 
 from ranks import free_port, loopback_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 SECTION = "## Use it in your own training code"
 # The packages beyond torch each example needs.
