@@ -6,7 +6,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from experiments.data.tokenizer_names import MINILM_INSTALL
+
+pytestmark = pytest.mark.newcomer
 
 ROOT = Path(__file__).resolve().parents[2]
 BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)

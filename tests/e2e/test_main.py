@@ -1,16 +1,15 @@
-"""What a refused run leaves and says, and a scheduler that cannot act on a line search."""
+"""``main.py`` as a user runs it: the default run's record and summary line, and what a refused
+run leaves and says."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from experiments.config import ScheduleConfig
-from harness_utils import trainer_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,6 +21,7 @@ def main(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.newcomer
 def test_a_refused_default_run_leaves_no_folder_and_names_none(tmp_path):
     """Hydra makes outputs/<name>/<time>/ for the default run; refused, the run removes both, and
     its message does not name a directory that no longer exists as the place of its run."""
@@ -35,6 +35,7 @@ def test_a_refused_default_run_leaves_no_folder_and_names_none(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # no outputs/ left behind
 
 
+@pytest.mark.newcomer
 def test_a_refusal_keeps_parents_that_hold_something(tmp_path):
     earlier = tmp_path / "outputs" / "earlier-run"
     earlier.mkdir(parents=True)
@@ -45,10 +46,25 @@ def test_a_refusal_keeps_parents_that_hold_something(tmp_path):
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["earlier-run"]
 
 
-def test_a_scheduler_on_a_line_search_warns_once(tmp_path):
-    """The runner refuses the combination (optimizer.schedule=null); the trainer built directly warns."""
-    with pytest.warns(UserWarning) as caught:
-        trainer_for(["optimizer=salsa_class", "trainer.max_steps=4"], tmp_path, schedule=ScheduleConfig())
-    messages = [str(w.message) for w in caught if "scheduler" in str(w.message)]
-    assert messages == ["LambdaLR has no effect on SaLSA: a line search sets its own step size at every step, "
-                        "and a group's lr only mirrors it; drop the scheduler"]
+def test_main_default_run_prints_its_record_and_a_summary_line(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "main.py", "trainer.epochs=1", "trainer.progress=false", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2] == f"record: {tmp_path}"
+    assert lines[-1].startswith("finished: digits/small_cnn/salsa seed 0 - 45 steps")
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_main_embedded_default_within_two_minutes(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "main.py", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["final_val_accuracy"] > 0.9

@@ -22,6 +22,8 @@ import bench_optim  # noqa: E402
 import make_table  # noqa: E402
 import plot_curves  # noqa: E402
 
+pytestmark = pytest.mark.newcomer
+
 COMMITTED = ("results", "bench_results")
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.newcomer
+
 ROOT = Path(__file__).resolve().parents[2]
 # Built from parts, so that this file does not name them itself.
 OUTSIDE = re.compile("|".join(

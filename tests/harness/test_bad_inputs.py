@@ -9,6 +9,8 @@ import pytest
 
 from harness_utils import CONF, main_in_process
 
+pytestmark = pytest.mark.reliability
+
 ROOT = CONF.parent
 
 # (overrides, what the one line must say: the key, the value, what is allowed)

@@ -14,6 +14,8 @@ from experiments.checkpoint import digest_path, list_checkpoints, load_latest_ch
 
 from harness_utils import Crash, CrashAt, main_in_process, run_config, working_copy
 
+pytestmark = pytest.mark.reliability
+
 RUN = ["trainer.progress=false", "trainer.device=cpu", "trainer.max_steps=6", "trainer.checkpoint_interval=3",
        "model.build.dropout=0.1"]
 
@@ -100,3 +102,12 @@ def test_a_record_without_any_checkpoint_starts_over(tmp_path):
         run_config(["trainer.max_steps=4"], tmp_path, callbacks=[CrashAt(2)])
     assert not list_checkpoints(tmp_path)
     assert run_config(["trainer.max_steps=4", "trainer.resume=true"], tmp_path)["steps"] == 4
+
+
+@pytest.mark.newcomer
+def test_a_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    summary = run_config(["trainer.max_steps=3", "trainer.resume=true"], run_dir)
+    assert summary["status"] == "finished" and summary["steps"] == 3
+    err = capsys.readouterr().err
+    assert f"trainer.resume=true: no checkpoint in {run_dir}, starting from step 0" in err.splitlines()

@@ -24,7 +24,6 @@ import torch.distributed as dist
 
 from experiments import distributed
 from experiments.checkpoint import list_checkpoints
-from experiments.data.sampling import EpochSampler
 from experiments.training import Callback, Trainer
 
 from harness_utils import CONF, FAST, TrainedParameters, run_config
@@ -53,39 +52,7 @@ def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-# -- the sampler (no processes) -------------------------------------------------------------
-def _indices(sampler: EpochSampler) -> list[int]:
-    return [index for batch in sampler for index in batch]
-
-
-@pytest.mark.parametrize("size, world_size", [(N_TRAIN, 2), (10, 3), (2, 3)])
-def test_epoch_sampler_shards_are_disjoint_equal_and_cover_the_epoch(size, world_size):
-    full = _indices(EpochSampler(size, seed=1, epoch=2, start=0, shuffle=True))
-    shards = [_indices(EpochSampler(size, 1, 2, 0, True, rank=r, world_size=world_size))
-              for r in range(world_size)]
-    shard_size = math.ceil(size / world_size)
-    assert [len(s) for s in shards] == [shard_size] * world_size  # every rank takes the same steps
-    # Interleaved, the shards are the epoch's order padded by wrap-around.
-    interleaved = [shards[i % world_size][i // world_size] for i in range(shard_size * world_size)]
-    assert interleaved == [full[i % size] for i in range(shard_size * world_size)]
-    assert sorted(set(interleaved)) == list(range(size))
-
-
-def test_epoch_sampler_resumes_within_the_shard():
-    shard = _indices(EpochSampler(N_TRAIN, 0, 1, 0, True, rank=1, world_size=2))
-    start = 5 * BATCH
-    resumed = EpochSampler(N_TRAIN, 0, 1, start, True, rank=1, world_size=2)
-    assert _indices(resumed) == shard[start:] and len(resumed) == len(shard) - start
-
-
-@pytest.mark.parametrize("size, batch_size, start", [(10, 3, 0), (10, 3, 6), (9, 3, 0), (10, 20, 0)])
-def test_epoch_sampler_cuts_the_order_into_batches_keeping_the_short_last_one(size, batch_size, start):
-    order = _indices(EpochSampler(size, 4, 0, 0, shuffle=True))
-    batches = list(EpochSampler(size, 4, 0, start, shuffle=True, batch_size=batch_size))
-    expected = [order[i : i + batch_size] for i in range(start, size, batch_size)]
-    assert batches == expected and len(batches) == -(-(size - start) // batch_size)
-
-
+# -- no processes -------------------------------------------------------------------------------
 def test_single_process_setup_creates_no_group():
     process = distributed.setup(torch.device("cpu"), environ={})
     assert (process.rank, process.world_size, process.is_main) == (0, 1, True)

@@ -1,6 +1,6 @@
-"""SIGTERM and a full disk anywhere in a run: the summary ends ``interrupted`` or ``failed`` with
-the reason (or, for a run that had written nothing yet, nothing is left), no temporary file
-stays, and the checkpoints written before are intact."""
+"""A full disk anywhere in a run: the summary ends ``failed`` with the reason, no temporary file
+stays, and the checkpoints written before are intact (a stop signal in each phase of a run:
+``test_signals.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,9 @@ import experiments.runner
 from experiments.checkpoint import list_checkpoints, load_checkpoint
 from experiments.record import RunRecord
 
-from harness_utils import CONF, SignalAtEvaluation, main_in_process, trainers_also_call
+from harness_utils import CONF, main_in_process
+
+pytestmark = pytest.mark.reliability
 
 ROOT = CONF.parent
 FAST = ["trainer.progress=false", "trainer.device=cpu"]
@@ -33,57 +34,6 @@ def summary(run_dir: Path) -> dict:
 
 def temporary_files(run_dir: Path) -> list[Path]:
     return [p for p in run_dir.rglob("*.tmp")]
-
-
-def sigterm_while_building(monkeypatch, group: str) -> None:
-    """Deliver a real SIGTERM to this process while the runner builds ``group``."""
-    original = experiments.runner.build
-
-    def build(cfg, which, **objects):
-        if which == group:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(cfg, which, **objects)
-
-    monkeypatch.setattr(experiments.runner, "build", build)
-
-
-def test_sigterm_while_a_fresh_run_starts_leaves_nothing(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)
-    sigterm_while_building(monkeypatch, "model")
-    code = main_in_process([*FAST, "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'run'}"])
-    assert code == 128 + signal.SIGTERM
-    assert "interrupted: stopped by SIGTERM before training began" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()  # it had written nothing, and leaves nothing
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
-
-
-def test_sigterm_while_a_resume_starts_records_interrupted(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(ROOT)
-    run_dir = tmp_path / "run"
-    assert main_in_process([*FAST, "trainer.max_steps=4", "trainer.checkpoint_interval=2",
-                            f"hydra.run.dir={run_dir}"]) == 0
-    # As a kill -9 leaves it: the summary still says running.
-    (run_dir / "summary.json").write_text(json.dumps({**summary(run_dir), "status": "running"}))
-    checkpoints = {p.name: p.read_bytes() for p in list_checkpoints(run_dir)}
-    sigterm_while_building(monkeypatch, "dataset")
-    code = main_in_process([*FAST, "trainer.max_steps=8", "trainer.checkpoint_interval=2",
-                            "trainer.resume=true", f"hydra.run.dir={run_dir}"])
-    capsys.readouterr()
-    assert code == 128 + signal.SIGTERM
-    assert summary(run_dir)["status"] == "interrupted"
-    assert "SIGTERM before training began" in summary(run_dir)["error"]
-    assert {p.name: p.read_bytes() for p in list_checkpoints(run_dir)} == checkpoints
-    assert not temporary_files(run_dir)
-
-
-def test_sigterm_during_the_final_evaluation_lets_it_finish(tmp_path, monkeypatch):
-    """The last step is taken: the final evaluation and checkpoint complete the run, as an
-    evaluation during training completes before the stop."""
-    trainers_also_call(monkeypatch, SignalAtEvaluation(signal.SIGTERM, step=5))
-    monkeypatch.chdir(ROOT)
-    assert main_in_process([*FAST, "trainer.max_steps=5", f"hydra.run.dir={tmp_path}"]) == 0
-    assert summary(tmp_path)["status"] == "finished" and "final_val_loss" in summary(tmp_path)
-    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000005.pt"]
 
 
 def test_a_full_disk_at_the_end_still_leaves_a_true_summary(tmp_path, monkeypatch):

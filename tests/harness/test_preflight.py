@@ -1,7 +1,8 @@
-"""Second round: every number is finite and in range, every name that makes a path is a name, and
-whatever Hydra finds wrong before the run (an unknown key, an interpolation that does not
-resolve, a run directory it cannot make) is one line with exit 2; a misspelt key gets the
-project's "did you mean" in its plain form too, and ``lr`` points to the optimizer's step size."""
+"""The checks before any work: every number is finite and in range, every name that makes a path
+is a name, and whatever Hydra finds wrong before the run (an unknown key, an interpolation that
+does not resolve, a run directory it cannot make) is one line with exit 2; a misspelt key gets
+the project's "did you mean" in its plain form too, and ``lr`` points to the optimizer's step
+size; wandb online needs a key the server takes."""
 
 from __future__ import annotations
 
@@ -13,12 +14,11 @@ from pathlib import Path
 import pytest
 
 from experiments.errors import ConfigError
-from experiments.grid import Task
 from experiments.preflight import check_config
-from experiments.results import RecordedRun, read_metrics_file
-from run_multiple import main as run_multiple
 
 from harness_utils import CONF, compose_run_config, main_in_process
+
+pytestmark = pytest.mark.reliability
 
 ROOT = CONF.parent
 
@@ -91,13 +91,6 @@ def test_a_swept_name_with_a_path_refuses_the_multirun_before_any_job_folder(swe
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "names the run's folder" in lines[0], lines
     assert not (tmp_path / "sweep").exists() and not list(work.iterdir())
-
-
-@pytest.mark.parametrize("argv", [["mini", "--columns="], ["mini", "--columns=,"], ["mini", "--tasks="]])
-def test_an_empty_selection_is_not_the_whole_grid(argv, tmp_path, capsys):
-    with pytest.raises(SystemExit, match="given: name at least one"):
-        run_multiple([*argv, "--dry-run", "--root", str(tmp_path)])
-    assert "runs (" not in capsys.readouterr().out  # no plan printed
 
 
 # -- what Hydra finds, in one line -----------------------------------------------------------------
@@ -236,22 +229,3 @@ def test_a_key_in_netrc_is_checked_as_well(tmp_path, capsys, monkeypatch):
 
 
 # -- the scripts read what they can and say what they skip ------------------------------------------
-def test_the_scripts_skip_lines_that_are_not_rows_and_say_so(tmp_path, capsys):
-    metrics = tmp_path / "metrics.jsonl"
-    metrics.write_bytes(b'{"step": 1, "loss": 2.0}\n[1]\n{"step": Infinity, "loss": 1.0}\n\xff\xfe\n'
-                        b'{"step": 2, "loss": "nan"}\n{"step": 3, "loss": "fast"}\n{"step": 3, "val_loss": 1.5}\n')
-    train, evals = read_metrics_file(metrics)
-    err = capsys.readouterr().err
-    assert list(train["step"]) == [1, 2] and list(evals["step"]) == [3]
-    assert "skipped 3 lines that are not a metrics row" in err
-    assert "a row with a value that is not a number (step 3)" in err
-
-
-@pytest.mark.parametrize("value", ["fast", [1, 2], {"a": 1}, True])
-def test_a_summary_value_that_is_not_a_number_is_left_out_and_said(value, capsys):
-    run = RecordedRun(source="somewhere/run", task=Task("digits", "small_cnn"), label="ADAM", seed=0,
-                      status="finished", summary={"final_val_accuracy": value, "final_loss": "nan"},
-                      recorded_at=0.0, read_metrics=lambda: (None, None))
-    assert run.final("final_val_accuracy") is None
-    assert run.final("final_loss") != run.final("final_loss")  # "nan" is a number the record writes
-    assert "summary.json's final_val_accuracy is not a number" in capsys.readouterr().err

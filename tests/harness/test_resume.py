@@ -13,6 +13,8 @@ from experiments.resume import RESUMABLE, trajectory_changes
 
 from harness_utils import CONF, compose_run_config, main_in_process, working_copy
 
+pytestmark = pytest.mark.reliability
+
 ROOT = CONF.parent
 BASE = ["trainer.progress=false", "trainer.device=cpu", "trainer.max_steps=4",
         "trainer.checkpoint_interval=2"]

@@ -19,6 +19,8 @@ from experiments.run_dir import LOCK, claimed
 
 from harness_utils import CONF, main_in_process
 
+pytestmark = pytest.mark.reliability
+
 ROOT = CONF.parent
 FAST = ["trainer.progress=false", "trainer.device=cpu"]
 

@@ -1,5 +1,5 @@
-"""Second round: SIGINT (Ctrl-C) and SIGHUP (a closed terminal, a dropped ssh connection) stop a
-run as SIGTERM does, in every phase: a checkpoint once training began, ``interrupted``, one line,
+"""Stop signals: SIGTERM, SIGINT (Ctrl-C) and SIGHUP (a closed terminal, a dropped ssh
+connection) stop a run in every phase: a checkpoint once training began, ``interrupted``, one line,
 exit 128 + the signal; outside a run (while Hydra composes) one line too. ``run_multiple.py``
 passes a stop signal on to the run in progress once and starts no other."""
 
@@ -21,6 +21,8 @@ from experiments.checkpoint import list_checkpoints
 from experiments.sweep_supervisor import Stopping
 
 from harness_utils import CONF, SignalAtEvaluation, main_in_process, trainers_also_call
+
+pytestmark = pytest.mark.reliability
 
 ROOT = CONF.parent
 FAST = ["trainer.progress=false", "trainer.device=cpu"]
@@ -115,3 +117,58 @@ def test_ctrl_c_to_a_sweep_stops_its_run_after_a_checkpoint_and_exits_130(tmp_pa
     assert err.strip().splitlines()[-1].startswith("interrupted: stopped by SIGINT")
     assert "Traceback" not in err
     assert summary(run_dir)["status"] == "interrupted" and list_checkpoints(run_dir)
+
+
+def sigterm_while_building(monkeypatch, group: str) -> None:
+    """Deliver a real SIGTERM to this process while the runner builds ``group``."""
+    original = experiments.runner.build
+
+    def build(cfg, which, **objects):
+        if which == group:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(cfg, which, **objects)
+
+    monkeypatch.setattr(experiments.runner, "build", build)
+
+
+def test_sigterm_while_a_fresh_run_starts_leaves_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    sigterm_while_building(monkeypatch, "model")
+    code = main_in_process([*FAST, "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert code == 128 + signal.SIGTERM
+    assert "interrupted: stopped by SIGTERM before training began" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # it had written nothing, and leaves nothing
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_sigterm_while_a_resume_starts_records_interrupted(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    run_dir = tmp_path / "run"
+    assert main_in_process([*FAST, "trainer.max_steps=4", "trainer.checkpoint_interval=2",
+                            f"hydra.run.dir={run_dir}"]) == 0
+    # As a kill -9 leaves it: the summary still says running.
+    (run_dir / "summary.json").write_text(json.dumps({**summary(run_dir), "status": "running"}))
+    checkpoints = {p.name: p.read_bytes() for p in list_checkpoints(run_dir)}
+    sigterm_while_building(monkeypatch, "dataset")
+    code = main_in_process([*FAST, "trainer.max_steps=8", "trainer.checkpoint_interval=2",
+                            "trainer.resume=true", f"hydra.run.dir={run_dir}"])
+    capsys.readouterr()
+    assert code == 128 + signal.SIGTERM
+    assert summary(run_dir)["status"] == "interrupted"
+    assert "SIGTERM before training began" in summary(run_dir)["error"]
+    assert {p.name: p.read_bytes() for p in list_checkpoints(run_dir)} == checkpoints
+    assert not temporary_files(run_dir)
+
+
+def test_sigterm_during_the_final_evaluation_lets_it_finish(tmp_path, monkeypatch):
+    """The last step is taken: the final evaluation and checkpoint complete the run, as an
+    evaluation during training completes before the stop."""
+    trainers_also_call(monkeypatch, SignalAtEvaluation(signal.SIGTERM, step=5))
+    monkeypatch.chdir(ROOT)
+    assert main_in_process([*FAST, "trainer.max_steps=5", f"hydra.run.dir={tmp_path}"]) == 0
+    assert summary(tmp_path)["status"] == "finished" and "final_val_loss" in summary(tmp_path)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000005.pt"]
+
+
+def temporary_files(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.rglob("*.tmp")]

@@ -1,6 +1,6 @@
-"""Defaults that fit a busy machine and a killed run: the slowness note of a CPU run
-(experiments/speed.py), timed checkpoints (trainer.checkpoint_minutes) and the line a resume
-without a checkpoint prints."""
+"""A default that fits a busy machine: the slowness note of a CPU run (experiments/speed.py).
+(Timed checkpoints, trainer.checkpoint_minutes: ``test_training.py``; a resume without a
+checkpoint: ``test_checkpoints.py``.)"""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from experiments import speed
-from harness_utils import compose_run_config, crash_then_resume, logged_rows, run_config
+from harness_utils import run_config
+
+pytestmark = pytest.mark.newcomer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,32 +99,3 @@ def test_a_slow_run_says_so_in_its_summary_and_on_the_console(tmp_path):
 def test_a_fast_run_gets_no_note(tmp_path):
     summary = run_config(["trainer.max_steps=5"], tmp_path / "run")
     assert "notes" not in summary  # too short to probe
-
-
-def test_timed_checkpoints_are_written_and_leave_the_trajectory_as_it_is(tmp_path):
-    """trainer.checkpoint_minutes: with a limit every step passes, a checkpoint after every step;
-    a run killed at step 7 resumes from step 6 and ends as the uninterrupted run without timed
-    checkpoints (also for Schedule-Free, whose evaluation weights a timed checkpoint leaves alone)."""
-    for optimizer in ("salsa", "schedulefree_adamw"):
-        base = [f"optimizer={optimizer}", "trainer.max_steps=10", "trainer.eval_interval=4"]
-        untimed = tmp_path / f"{optimizer}-untimed"
-        run_config([*base, "trainer.checkpoint_minutes=0"], untimed)
-        timed = tmp_path / f"{optimizer}-timed"
-        resumed = crash_then_resume([*base, "trainer.checkpoint_minutes=1e-9", "trainer.keep_checkpoints=20"],
-                                    timed, crash_step=7)
-        assert resumed["status"] == "finished"
-        steps = sorted(int(p.stem.split("_")[1]) for p in (timed / "checkpoints").glob("step_*.pt"))
-        assert steps == list(range(1, 11))
-        assert logged_rows(timed) == logged_rows(untimed)
-
-
-def test_the_default_trainer_checkpoints_every_ten_minutes():
-    assert compose_run_config([]).trainer.checkpoint_minutes == 10
-
-
-def test_a_resume_without_a_checkpoint_says_it_starts_from_step_0(tmp_path, capsys):
-    run_dir = tmp_path / "run"
-    summary = run_config(["trainer.max_steps=3", "trainer.resume=true"], run_dir)
-    assert summary["status"] == "finished" and summary["steps"] == 3
-    err = capsys.readouterr().err
-    assert f"trainer.resume=true: no checkpoint in {run_dir}, starting from step 0" in err.splitlines()

@@ -17,6 +17,8 @@ from experiments.sweeps import keys_missing_from, swept_keys
 
 from harness_utils import CONF, main_in_process
 
+pytestmark = pytest.mark.reliability
+
 ROOT = CONF.parent
 FAST = ["trainer.progress=false", "trainer.device=cpu", "trainer.max_steps=1"]
 NAMES = "${dataset.name}-${model.name}-${optimizer.name}-seed${seed}"  # conf/config.yaml's sweep subdir

@@ -14,6 +14,8 @@ from experiments.errors import ConfigError
 from experiments.preflight import check_values
 from harness_utils import compose_run_config, run_config
 
+pytestmark = pytest.mark.newcomer
+
 
 @pytest.fixture
 def restore_threads():

@@ -134,22 +134,6 @@ def test_ddp_ranks_with_accumulation_stay_identical(tmp_path):
     assert r0["summary"]["forwards"] == r1["summary"]["forwards"]  # the same trials on both ranks
 
 
-def test_the_trainer_tells_random_windows_the_epoch():
-    """Data drawn afresh every epoch (RandomWindows) learns the epoch before its batches are cut."""
-    import numpy as np
-
-    from experiments.data.lm_text import language_model_bundle
-
-    bundle = language_model_bundle("t", np.arange(500, dtype=np.uint16), np.arange(100, dtype=np.uint16),
-                                   block_size=4, vocab_size=600, sampling="random_windows", seed=2)
-    steps = StepBatches(bundle, LanguageModelling().targets, torch.device("cpu"), seed=0, batch_size=8,
-                        shuffle=False)
-    (first,) = next(steps.rest_of_epoch(epoch=3, step_in_epoch=0)).batches
-    assert bundle.train.epoch == 3
-    start = bundle.train.start(0)
-    assert first["input_ids"][0].tolist() == list(range(start, start + 4))
-
-
 def test_resume_with_accumulation_continues_the_same_trajectory(tmp_path):
     """Checkpoints count optimizer steps; a resume mid-epoch starts at the right micro-batch."""
     from harness_utils import crash_then_resume, logged_rows

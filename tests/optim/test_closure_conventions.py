@@ -216,3 +216,12 @@ def test_closure_objects_follow_the_convention_of_their_call_method(name):
     model = small_mlp()
     with pytest.raises(TypeError, match=r"closure: it takes required parameters \['batch'\]"):
         OPTIMIZERS[name](model.parameters()).step(NeedsAnArgument(model, *classification_batch()))
+
+
+@pytest.mark.parametrize("cls", [SaLSA, SLS, L4])
+def test_closure_with_an_unexpected_signature_is_a_type_error_naming_both_conventions(cls):
+    theta = nn.Parameter(torch.ones(2))
+    opt = cls([theta])
+    with pytest.raises(TypeError, match=r"\['batch'\].*closure\(backwards: bool = False\).*closure\(\)"):
+        opt.step(lambda batch: (theta**2).sum())
+    assert torch.equal(theta.detach(), torch.ones(2))

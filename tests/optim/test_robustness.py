@@ -1,5 +1,7 @@
-"""The optimizers' side of the second reliability round (issue 22): every hyperparameter is a
-finite number in its range, named when it is not."""
+"""What the optimizers refuse and what they survive: every hyperparameter is a finite number in
+its range (at construction, in a preset, set in the groups), named when it is not; a state dict of
+another class or model is refused at load; float16 and complex parameters are refused; a gradient
+that stays zero leaves the step size capped and the parameters finite."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from torch import nn
 
 from optim import L4, SLS, SaLSA
 from optim.presets import paper_optimizer
+
+pytestmark = pytest.mark.reliability
 
 NAN, INF = math.nan, math.inf
 
@@ -288,3 +292,45 @@ def test_l4_caps_a_step_size_that_a_vanishing_inner_product_would_blow_up():
     opt.step(closure)
     assert opt.param_groups[0]["step_size"] == 1e10
     assert torch.isfinite(theta).all() and (theta < 0).all()
+
+
+# (class, keyword arguments, the error, what it must say): values out of range, unknown choices
+OUT_OF_RANGE = [
+    (SaLSA, {"c": 0.0}, ValueError, "c must be in"),
+    (SaLSA, {"c": 1.0}, ValueError, "c must be in"),
+    (SaLSA, {"c": -0.3}, ValueError, "c must be in"),
+    (SaLSA, {"init_step_size": 0.0}, ValueError, "init_step_size"),
+    (SaLSA, {"init_step_size": -1.0}, ValueError, "init_step_size"),
+    (SaLSA, {"backtrack": 1.0}, ValueError, "backtrack"),
+    (SaLSA, {"backtrack": 0.0}, ValueError, "backtrack"),
+    (SaLSA, {"direction": "adamw"}, ValueError, "direction"),
+    (SaLSA, {"betas": (0.9, 0.999)}, ValueError, "betas"),
+    (SaLSA, {"betas": (1.0, 0.999, 0.9)}, ValueError, r"betas\[0\]"),
+    (SaLSA, {"betas": (0.9, 0.999, 1.0)}, ValueError, "smoothing"),
+    (SaLSA, {"eps": 0.0}, ValueError, "eps"),
+    (SaLSA, {"max_trials": 0}, ValueError, "max_trials"),
+    (SaLSA, {"growth": 0.0}, ValueError, "growth"),
+    (SaLSA, {"grad_term": "cubed"}, ValueError, "grad_term"),
+    (SaLSA, {"step_along": "sideways"}, ValueError, "step_along"),
+    (SaLSA, {"weight_decay": -0.1}, ValueError, "weight_decay"),
+    (SaLSA, {"direction": "sgd", "as_released": True}, ValueError, "as_released"),
+    (SaLSA, {"freeze_bn_stats_in_trials": True}, TypeError, "freeze_bn_stats_in_trials"),
+    (SLS, {"c": 1.5}, ValueError, "c must be in"),
+    (SLS, {"direction": "lion"}, ValueError, "direction"),
+    (SLS, {"reset_option": 3}, ValueError, "reset_option"),
+    (SLS, {"gamma": 0.0}, ValueError, "gamma"),
+    (SLS, {"n_batches_per_epoch": 0}, ValueError, "n_batches_per_epoch"),
+    (SLS, {"eta_max": 0.0}, ValueError, "eta_max"),
+    (SLS, {"backtrack": 1.2}, ValueError, "backtrack"),
+    (L4, {"direction": "sgd"}, ValueError, "direction"),
+    (L4, {"alpha": 0.0}, ValueError, "alpha"),
+    (L4, {"gamma": 1.0}, ValueError, "gamma"),
+    (L4, {"gamma0": 0.0}, ValueError, "gamma0"),
+    (L4, {"tau": -1.0}, ValueError, "tau"),
+]
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "error", "message"), OUT_OF_RANGE)
+def test_invalid_hyperparameters_name_the_argument(cls, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        cls([nn.Parameter(torch.zeros(2))], **kwargs)

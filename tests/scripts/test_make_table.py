@@ -275,3 +275,20 @@ def test_wandb_errors_are_clear(module, message, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         make_table.main(["--wandb", "me/salsa", "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.newcomer
+def test_make_table_names_every_file_it_writes(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import make_table
+    from test_make_table import write_run
+
+    write_run(tmp_path / "runs" / "a", [0.5], label="ADAM")
+    monkeypatch.chdir(tmp_path)  # the default --out is outputs/table/ of the working directory
+    assert make_table.main([str(tmp_path / "runs")]) == 0
+    captured = capsys.readouterr()
+    written = sorted(line.removeprefix("wrote ") for line in captured.err.splitlines() if line.startswith("wrote "))
+    expected = sorted(str(tmp_path / "outputs" / "table" / name) for name in ("table.md", "table.png", "table.tex"))
+    assert written == expected
+    assert all(Path(path).is_file() for path in written)
+    assert captured.out.startswith("## Final training loss")  # stdout stays the Markdown

@@ -312,3 +312,11 @@ def test_a_stopped_joblib_multirun_is_finished_run_by_run(capsys, tmp_path, monk
     assert f"{bad}: no record: it wrote nothing (see its log)" in failures  # and left no note
     assert f"log: {grid / bad / 'run.log'}" in failures
     assert "error: bad run" in (grid / bad / "run.log").read_text()
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("argv", [["mini", "--columns="], ["mini", "--columns=,"], ["mini", "--tasks="]])
+def test_an_empty_selection_is_not_the_whole_grid(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="given: name at least one"):
+        run_multiple.main([*argv, "--dry-run", "--root", str(tmp_path)])
+    assert "runs (" not in capsys.readouterr().out  # no plan printed
