@@ -49,7 +49,6 @@ NUMBERS = [
     (["model.build.dropout=nan"], "model.build.dropout must be finite"),
     (["trainer.threads=100000000000"], "trainer.threads must be at most 4096"),
     (["optimizer.name="], "optimizer.name='' names the run's folder"),
-    (["optimizer.name=../../escaped"], "optimizer.name='../../escaped' names the run's folder"),
     (["model.name=a/b"], "model.name='a/b' names the run's folder"),
     (["dataset.name=.hidden"], "dataset.name='.hidden' names the run's folder"),
 ]
@@ -113,7 +112,6 @@ HYDRA_FINDS = [
     (["data_dir=${no_such_key}"], "data_dir does not resolve: Interpolation key 'no_such_key' not found"),
     (["data_dir=${data_dir}"], "data_dir does not resolve: Recursive interpolation detected"),
     (["data_dir=${no_such_resolver:x}"], "data_dir does not resolve: Unsupported interpolation type no_such_resolver"),
-    (["+trainer.batchsize=64"], "did you mean trainer.batch_size?"),  # the + form, as before
 ]
 
 

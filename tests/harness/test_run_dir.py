@@ -60,7 +60,8 @@ def test_a_fresh_run_into_a_record_is_refused_and_its_hydra_files_stay(record, c
 
     before = the_record()
     assert main_in_process([*FAST, "trainer.max_steps=3", f"hydra.run.dir={record}"]) == 2
-    assert "already holds a run record" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already holds a run record" in err and "trainer.resume=true" in err
     assert the_record() == before
 
 

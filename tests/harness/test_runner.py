@@ -1,6 +1,6 @@
-"""The runner on the offline digits: a default run learns, a crashed run resumes on its
-trajectory, a fresh run refuses a record, wandb's modes. (Every optimizer through the loop:
-``test_training.py``; ``main.py`` as a user runs it: ``tests/e2e/test_main.py``.)"""
+"""The runner on the offline digits: a default run learns, a crashed run resumes on its trajectory,
+wandb's modes. (Every optimizer through the loop: ``test_training.py``; ``main.py`` as a user runs
+it: ``tests/e2e/test_main.py``.)"""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ import pytest
 import torch
 
 from experiments.checkpoint import list_checkpoints
-from experiments.errors import ConfigError
 
-from harness_utils import CONF, Crash, CrashAt, run_config
+from harness_utils import Crash, CrashAt, run_config
 
-ROOT = CONF.parent
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -51,12 +49,6 @@ def test_resume_after_a_crash_continues_the_same_trajectory(tmp_path):
     a = torch.load(list_checkpoints(tmp_path / "straight")[-1], weights_only=True)["model"]
     b = torch.load(list_checkpoints(tmp_path / "resumed")[-1], weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_a_fresh_run_refuses_to_overwrite_a_record(tmp_path):
-    run_config(["trainer.max_steps=2"], tmp_path)
-    with pytest.raises(ConfigError, match="trainer.resume=true"):
-        run_config(["trainer.max_steps=2"], tmp_path)
 
 
 def test_wandb_offline_writes_its_files_and_disabled_writes_none(tmp_path, monkeypatch):

@@ -1,10 +1,17 @@
-"""The trainer (``experiments/training/``), part by part: the loop (steps, metrics rows, skipped
-non-finite steps, checkpoints when due, a pass that yields no step), what ``build_trainer``
-decides (the baselines' schedule, refused or warned for a line search), the step adapters (one
-per optimizer kind, Schedule-Free's evaluation weights), the batches (a rank's shard of the
-epoch's order, a resume's place, data drawn afresh each epoch) and the callbacks the tests watch
-and disturb runs with. Gradient accumulation (``Objective``, micro-batch weights, DDP's
-all-reduce) is ``test_training_accumulation.py``."""
+"""The trainer (``experiments/training/``), part by part:
+
+* the loop: steps and metrics rows for every optimizer, non-finite steps skipped and counted
+  (``trainer.max_bad_steps`` of them stop the run), checkpoints when due (also timed), a pass
+  over the epoch that yields no step;
+* what ``build_trainer`` decides: the baselines' schedule over the planned steps, a warning for a
+  scheduler on a line search (which ``main.py`` refuses: ``test_bad_inputs.py``);
+* the step adapters: Schedule-Free trains at y and is evaluated and checkpointed at x;
+* the batches: a rank's shard of the epoch's order, a resume's place in it, data drawn afresh
+  each epoch;
+* the callbacks, with which these tests watch and disturb runs (``tests/harness_utils.py``).
+
+Gradient accumulation (``Objective``, the micro-batches' weights, DDP's all-reduce on the last
+one) is ``test_training_accumulation.py``."""
 
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import torch
 from experiments.checkpoint import list_checkpoints
 from experiments.config import ScheduleConfig
 from experiments.data.sampling import EpochSampler
-from experiments.errors import ConfigError, TrainingDiverged
+from experiments.errors import TrainingDiverged
 from experiments.training import Callback, Trainer
 from experiments.training.batches import StepBatches
 from experiments.training.task_kinds import LanguageModelling
@@ -158,12 +165,6 @@ def test_baseline_schedule_is_cosine_with_warmup(tmp_path):
         for t in range(1, 21)
     ]
     assert lrs == pytest.approx(expected, rel=1e-9, abs=1e-15)
-
-
-def test_line_search_with_a_schedule_is_rejected(tmp_path):
-    with pytest.raises(ConfigError, match="optimizer.schedule=null"):
-        run_config(["optimizer=adam", "+experiment/optimizers/nlp=adam", "optimizer.build._target_=optim.SaLSA",
-                    "~optimizer.build.lr", "~optimizer.build.betas", "~optimizer.build.amsgrad"], tmp_path)
 
 
 @pytest.mark.newcomer
