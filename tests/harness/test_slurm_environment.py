@@ -1,5 +1,5 @@
 """What the harness reads from SLURM's environment and decides from it, without a cluster
-(tests/test_slurm.py runs the same paths on a real one)."""
+(tests/e2e/test_slurm.py runs the same paths on a real one)."""
 
 from __future__ import annotations
 

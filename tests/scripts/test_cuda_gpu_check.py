@@ -146,12 +146,12 @@ def test_the_verbose_log_alone_gives_the_same_outcomes(pytest_outputs):
 
 def test_a_log_cut_short_counts_what_ran(tmp_path):
     log = textwrap.dedent("""\
-        tests/test_cuda_optim.py::test_a[x] PASSED                               [  1%]
-        tests/test_cuda_optim.py::test_b PASSED                                  [  2%]
-        tests/test_cuda_optim.py::test_b ERROR                                   [  2%]
-        tests/test_cuda_optim.py::test_c FAILED                                  [  3%]
-        tests/test_cuda_optim.py::test_d SKIPPED (dry run on CPU: NCCL needs...) [  4%]
-        tests/test_cuda_optim.py::test_e XFAIL (a known bug)                     [  5%]
+        tests/optim/test_cuda_optim.py::test_a[x] PASSED                               [  1%]
+        tests/optim/test_cuda_optim.py::test_b PASSED                                  [  2%]
+        tests/optim/test_cuda_optim.py::test_b ERROR                                   [  2%]
+        tests/optim/test_cuda_optim.py::test_c FAILED                                  [  3%]
+        tests/optim/test_cuda_optim.py::test_d SKIPPED (dry run on CPU: NCCL needs...) [  4%]
+        tests/optim/test_cuda_optim.py::test_e XFAIL (a known bug)                     [  5%]
     """)
     (tmp_path / "pytest.log").write_text(log)
     section = report.pytest_section(tmp_path / "missing.xml", tmp_path / "pytest.log", 124, timed_out=True)
@@ -159,7 +159,7 @@ def test_a_log_cut_short_counts_what_ran(tmp_path):
     assert section["counts"] == {
         "passed": 1, "failed": 1, "error": 1, "skipped": 1, "xfailed": 1, "xpassed": 0}
     assert [o["test"] for o in section["not_ok"]] == [
-        "tests/test_cuda_optim.py::test_b", "tests/test_cuda_optim.py::test_c"]
+        "tests/optim/test_cuda_optim.py::test_b", "tests/optim/test_cuda_optim.py::test_c"]
 
 
 # -- the benchmark's output and the whole report --------------------------------------------------
