@@ -68,8 +68,10 @@ CASES = [
     (["model.build.channels=[16,wide]"],
      ["model.build.channels must be a list of int, got list [16, 'wide']"]),
     # A value the schema's enums do not hold (Hydra's merge names them).
-    (["trainer.precision=fp8"], ["trainer.precision=fp8", "Invalid value 'fp8', expected one of [fp32, bf16, fp16]"]),
-    (["trainer.device=tpu"], ["trainer.device=tpu", "Invalid value 'tpu', expected one of [auto, cpu, cuda]"]),
+    (["trainer.precision=fp8"],
+     ["trainer.precision=fp8", "Invalid value 'fp8', expected one of [fp32, bf16, fp16]"]),
+    (["trainer.device=tpu"],
+     ["trainer.device=tpu", "Invalid value 'tpu', expected one of [auto, cpu, cuda]"]),
     # The trainer's counts and fractions out of their range.
     (["trainer.epochs=0"], ["trainer.epochs must be positive, got 0"]),
     (["trainer.max_steps=-1"], ["trainer.max_steps must be positive, got -1"]),
@@ -123,7 +125,8 @@ NOT_ONE_LINE = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "message", "code"), NOT_ONE_LINE, ids=[" ".join(c[0]) for c in NOT_ONE_LINE])
+@pytest.mark.parametrize(("overrides", "message", "code"), NOT_ONE_LINE,
+                         ids=[" ".join(c[0]) for c in NOT_ONE_LINE])
 def test_bad_input_fails_before_training(overrides, message, code, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     exit_code = main_in_process([*overrides, "trainer.progress=false", f"hydra.run.dir={tmp_path / 'run'}"])

@@ -1,6 +1,6 @@
 """Checkpoints carry a digest: altered bytes, a missing digest or a file that is not a checkpoint
 of this harness are skipped with a warning for the newest intact one; with none usable, a resume
-refuses and leaves the record as it was."""
+refuses and leaves the record as it was; where none was ever written, it starts from step 0."""
 
 from __future__ import annotations
 

@@ -34,6 +34,10 @@ def summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def temporary_files(run_dir: Path) -> list[Path]:
+    return [p for p in run_dir.rglob("*.tmp")]
+
+
 @pytest.mark.parametrize("signum", STOPS, ids=lambda s: signal.Signals(s).name)
 def test_a_stop_signal_while_training_checkpoints_and_exits_with_128_plus_it(signum, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
@@ -91,35 +95,6 @@ def test_a_stop_signal_while_hydra_composes_is_one_line(signum, tmp_path, monkey
     assert not list(tmp_path.iterdir())
 
 
-def test_the_sweep_passes_a_stop_signal_on_once_and_remembers_the_first():
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-    finished = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
-    finished.wait()
-    stopping = Stopping(running=[sleeper, finished])
-    stopping.request(signal.SIGHUP)
-    assert sleeper.wait(timeout=10) == -signal.SIGHUP
-    stopping.request(signal.SIGINT)  # a second signal: the first one is what the sweep reports
-    assert stopping.signum == signal.SIGHUP
-
-
-@pytest.mark.slow
-def test_ctrl_c_to_a_sweep_stops_its_run_after_a_checkpoint_and_exits_130(tmp_path):
-    command = [sys.executable, str(ROOT / "run_multiple.py"), "mini", "--columns", "adam", "--tasks", "digits",
-               "--seeds", "1", "--root", str(tmp_path), "trainer.max_steps=100000", "trainer.checkpoint_interval=1000"]
-    sweep = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    run_dir = tmp_path / "mini" / "digits-small_cnn-adam-seed0"
-    deadline = time.monotonic() + 120
-    while not (run_dir / "metrics.jsonl").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1)  # training is under way
-    sweep.send_signal(signal.SIGINT)
-    out, err = sweep.communicate(timeout=120)
-    assert sweep.returncode == 130, out + err
-    assert err.strip().splitlines()[-1].startswith("interrupted: stopped by SIGINT")
-    assert "Traceback" not in err
-    assert summary(run_dir)["status"] == "interrupted" and list_checkpoints(run_dir)
-
-
 def sigterm_while_building(monkeypatch, group: str) -> None:
     """Deliver a real SIGTERM to this process while the runner builds ``group``."""
     original = experiments.runner.build
@@ -171,5 +146,32 @@ def test_sigterm_during_the_final_evaluation_lets_it_finish(tmp_path, monkeypatc
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_000000005.pt"]
 
 
-def temporary_files(run_dir: Path) -> list[Path]:
-    return [p for p in run_dir.rglob("*.tmp")]
+
+# -- run_multiple.py passes a stop signal on once --------------------------------------------------
+def test_the_sweep_passes_a_stop_signal_on_once_and_remembers_the_first():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    finished = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    finished.wait()
+    stopping = Stopping(running=[sleeper, finished])
+    stopping.request(signal.SIGHUP)
+    assert sleeper.wait(timeout=10) == -signal.SIGHUP
+    stopping.request(signal.SIGINT)  # a second signal: the first one is what the sweep reports
+    assert stopping.signum == signal.SIGHUP
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_a_sweep_stops_its_run_after_a_checkpoint_and_exits_130(tmp_path):
+    command = [sys.executable, str(ROOT / "run_multiple.py"), "mini", "--columns", "adam", "--tasks", "digits",
+               "--seeds", "1", "--root", str(tmp_path), "trainer.max_steps=100000", "trainer.checkpoint_interval=1000"]
+    sweep = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run_dir = tmp_path / "mini" / "digits-small_cnn-adam-seed0"
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)  # training is under way
+    sweep.send_signal(signal.SIGINT)
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, out + err
+    assert err.strip().splitlines()[-1].startswith("interrupted: stopped by SIGINT")
+    assert "Traceback" not in err
+    assert summary(run_dir)["status"] == "interrupted" and list_checkpoints(run_dir)

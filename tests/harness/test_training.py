@@ -47,9 +47,11 @@ def train_losses(run_dir: Path) -> list[float]:
     return [row["loss"] for row in rows(run_dir) if "loss" in row]
 
 
-# -- the loop ------------------------------------------------------------------------------------
+def final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(list_checkpoints(run_dir)[-1], weights_only=True)["model"]
 
 
+# -- the loop --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_tiny_run_for_each_optimizer(optimizer, tmp_path):
     summary = run_config([f"optimizer={optimizer}", *TINY], tmp_path)
@@ -123,10 +125,6 @@ def test_a_nan_storm_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(torch.isfinite(t).all() for t in final_parameters(tmp_path).values())
 
 
-def final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(list_checkpoints(run_dir)[-1], weights_only=True)["model"]
-
-
 @pytest.mark.newcomer
 def test_timed_checkpoints_are_written_and_leave_the_trajectory_as_it_is(tmp_path):
     """trainer.checkpoint_minutes: with a limit every step passes, a checkpoint after every step;
@@ -150,9 +148,7 @@ def test_the_default_trainer_checkpoints_every_ten_minutes():
     assert compose_run_config([]).trainer.checkpoint_minutes == 10
 
 
-# -- what build_trainer decides: the schedule --------------------------------------------------
-
-
+# -- what build_trainer decides: the schedule ------------------------------------------------------
 def test_baseline_schedule_is_cosine_with_warmup(tmp_path):
     # The NLP table's Adam: cosine with 10 % warm-up (optimizer=adam alone is flat).
     run_config(["optimizer=adam", "+experiment/optimizers/nlp=adam", "optimizer.build.lr=1e-3",
@@ -178,8 +174,6 @@ def test_a_scheduler_on_a_line_search_warns_once(tmp_path):
 
 
 # -- step adapters: Schedule-Free trains at y and is evaluated and checkpointed at x ---------------
-
-
 class SchedulefreePoints(Callback):
     """At every evaluation in training: the parameters before it (y), during it (x), after it (y
     again: before the next step) and the optimizer's z, by step."""
@@ -248,8 +242,6 @@ def test_schedulefree_resume_continues_the_same_trajectory(tmp_path):
 
 
 # -- batches: the epoch's order, a rank's shard, a resume's place ----------------------------------
-
-
 def _indices(sampler: EpochSampler) -> list[int]:
     return [index for batch in sampler for index in batch]
 
