@@ -5,15 +5,16 @@
     python main.py -m optimizer=salsa,adam seed=0,1,2  # a multirun (a failed run ends no other)
     python main.py trainer.resume=true hydra.run.dir=<run dir>   # continue a killed run
 
-Exit status: 0 when every run started finished. A single run that did not exits with 2 (a bad
-input, also one Hydra finds while composing the config or making the run directory, or a refused
-run directory: nothing was written), 3 (training diverged), 128 + the signal for a stop signal
-(143 SIGTERM, 130 SIGINT/Ctrl-C, 129 SIGHUP: a checkpoint is written once training began; 140
-under SLURM, the time limit's SIGUSR2: the job is also requeued) or 1 (any other failure; the
-record says ``failed`` with the error). A
-multirun goes through all its runs and exits with 1 if any of them did not finish (a stop signal
-ends it at once, with 128 + the signal); one whose swept keys do not all reach the runs' folder
-names starts nothing and exits with 2 (experiments/sweeps.py).
+Exit status: 0 when every run started finished. A single run that did not exits with the status
+of the error that ended it (the table of experiments/errors.py): 2 (a bad input, also one Hydra
+finds while composing the config or making the run directory, or a refused run directory: nothing
+was written), 3 (training diverged), 128 + the signal for a stop signal (143 SIGTERM, 130
+SIGINT/Ctrl-C, 129 SIGHUP: a checkpoint is written once training began; 140 under SLURM, the time
+limit's SIGUSR2: the job is also requeued) or 1 (any other failure; the record says ``failed`` with
+the error). A multirun goes through all its runs and exits with 1 if any of them did not finish (a
+stop signal ends it at once, with 128 + the signal); one whose swept keys do not all reach the
+runs' folder names starts nothing and exits with 2 (experiments/sweeps.py). A refused run leaves a
+note where a sweep's supervisor asks for one (experiments/record.py, ``SALSA_REFUSALS``).
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.composition import BAD_INPUT, answer, hydra_failures_raised
-from experiments.config import ConfigError, register_schema
+from experiments.composition import answer, hydra_failures_raised
+from experiments.config import register_schema
 from experiments.distributed import is_main_process
+from experiments.errors import BAD_INPUT, FAILED, ConfigError, Interrupted, TrainingDiverged, exit_status
+from experiments.record import leave_refusal_note
 from experiments.run_dir import made_for_this_process, remove_empty_parents
 from experiments.runner import run
-from experiments.signals import Interrupted, signal_name, stop_signals_raise
+from experiments.signals import signal_name, stop_signals_raise
 from experiments.slurm import TIME_LIMIT_SIGNAL, SlurmJob
 from experiments.sweeps import RunFailed
-from experiments.trainer import TrainingDiverged
 
 register_schema()
 # Taken before Hydra makes any directory: a run directory that appeared after it is this
@@ -95,18 +97,20 @@ def main(cfg: DictConfig) -> None:
     try:
         summary = run(cfg, run_dir, own_dir=own_dir, invocation=invocation(cfg))
     except (ConfigError, FileNotFoundError) as error:  # a wrong setting, missing data, a refusal
+        if is_main_process():
+            leave_refusal_note(run_dir, str(error))
         if run_dir.exists():
-            return fail(f"error: {error} (run: {run_dir})", 2)
+            return fail(f"error: {error} (run: {run_dir})", exit_status(error))
         remove_empty_parents(run_dir, LAUNCHED)  # the claim removed the run directory it made
-        return fail(f"error: {error} (nothing written; {run_dir} was removed)", 2)
+        return fail(f"error: {error} (nothing written; {run_dir} was removed)", exit_status(error))
     except TrainingDiverged as error:
-        return fail(f"failed: {error} (record: {run_dir})", 3)
+        return fail(f"failed: {error} (record: {run_dir})", exit_status(error))
     except Interrupted as error:
         print(f"{'requeued' if error.requeued else 'interrupted'}: {error} (record: {run_dir})", file=sys.stderr)
-        sys.exit(error.exit_code)
+        sys.exit(exit_status(error))
 
     except OSError as error:  # the machine's fault (a full disk, a lost mount): one line, no traceback
-        return fail(f"failed: {type(error).__name__}: {error} (record: {run_dir})", 1)
+        return fail(f"failed: {type(error).__name__}: {error} (record: {run_dir})", exit_status(error))
     if is_main_process():  # under torchrun, rank 0 alone reports: it wrote the record
         print(f"record: {run_dir}")
         print(one_line(summary))
@@ -130,7 +134,7 @@ def launch() -> int:
         if stop is None:
             return _report(error)
         print(f"interrupted: {stop}", file=sys.stderr)
-        return stop.exit_code
+        return exit_status(stop)
     return 0
 
 
@@ -145,7 +149,7 @@ def _report(error: Exception) -> int:
     """Print a failure Hydra raised (see experiments/composition.py) in one line; the exit status."""
     if isinstance(error, RunFailed):  # a multirun with a failed run: as Hydra reports it
         print(error, file=sys.stderr)
-        return 1
+        return FAILED
     line = answer(error, [arg for arg in sys.argv[1:] if not arg.startswith("-")])
     if line is None:
         raise error  # not a bad input: a bug, whose traceback is due

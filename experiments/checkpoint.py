@@ -4,17 +4,17 @@ A checkpoint holds the model, optimizer and scheduler state, the trainer's posit
 batch within the epoch, smoothed loss) and every RNG state (torch CPU and CUDA, numpy, Python),
 in a form ``torch.load(weights_only=True)`` accepts. It is written to a temporary file and renamed
 into place, so a kill at any moment leaves the previous checkpoint intact. Beside it lies its
-SHA-256 digest (``step_*.pt.sha256``), written before the checkpoint is renamed into place, so
+SHA-256 digest (its name + ``.sha256``), written before the checkpoint is renamed into place, so
 every checkpoint that exists has one. A file whose bytes do not match its digest (altered,
 truncated), that does not load, or that loads but is not a checkpoint of this harness is skipped,
-with a warning, in favour of the one before it.
+with a warning, in favour of the one before it. Where checkpoints lie in the run folder, and
+their names, are the record's (:mod:`experiments.record`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import re
 import warnings
 from collections.abc import Collection
 from pathlib import Path
@@ -24,12 +24,11 @@ import numpy as np
 import torch
 
 from .files import remove_temporary_files, write_atomically, write_with
+from .record import CHECKPOINTS, checkpoint_path, list_checkpoints
 
-CHECKPOINT_DIR = "checkpoints"
 DIGEST_SUFFIX = ".sha256"
-# What Trainer.checkpoint_payload writes: a file without these keys is not one of our checkpoints.
+# What training_payload writes: a file without these keys is not one of our checkpoints.
 PAYLOAD_KEYS = frozenset({"model", "optimizer", "scheduler", "trainer", "rng"})
-_NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
 def capture_rng() -> dict[str, Any]:
@@ -62,8 +61,29 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
 
 
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return run_dir / CHECKPOINT_DIR / f"step_{step:09d}.pt"
+def training_payload(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler | None, trainer: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint of a run holds: the state of the model, the optimizer and the scheduler,
+    the trainer's place (``trainer``) and every RNG state."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler else None,
+        "trainer": trainer,
+        "rng": capture_rng(),
+    }
+
+
+def restore_training(payload: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler | None) -> dict[str, Any]:
+    """Load a :func:`training_payload` into the model, the optimizer, the scheduler and the RNGs;
+    returns the trainer's place."""
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None and payload["scheduler"] is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    restore_rng(payload["rng"])
+    return payload["trainer"]
 
 
 def digest_path(checkpoint: Path) -> Path:
@@ -102,21 +122,12 @@ def _save_with_digest(payload: dict[str, Any], f: BinaryIO, digest: Path) -> Non
     write_atomically(digest, file_digest(Path(f.name)) + "\n")
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint files of a run, oldest first."""
-    folder = run_dir / CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
 def remove_unfinished_writes(run_dir: Path) -> None:
     """Delete what an interrupted save left: temporary files, digests without a checkpoint."""
-    folder = run_dir / CHECKPOINT_DIR
+    folder = run_dir / CHECKPOINTS
     remove_temporary_files(folder)
     if folder.is_dir():
-        for digest in folder.glob(f"step_*.pt{DIGEST_SUFFIX}"):
+        for digest in folder.glob(f"*{DIGEST_SUFFIX}"):
             if not digest.with_name(digest.name.removesuffix(DIGEST_SUFFIX)).exists():
                 digest.unlink(missing_ok=True)
 

@@ -6,7 +6,7 @@ exit 1). :func:`hydra_failures_raised` has Hydra raise them instead (its ``HYDRA
 switch), and :func:`answer` turns each into the line ``main.py`` prints:
 
 * an unknown key (``trainer.batchsize=64``, ``optimizer.build.cc=0.3``, ``lr=0.01``): the
-  project's own check of that key (:func:`experiments.config.check_config`, on the config
+  project's own check of that key (:func:`experiments.preflight.check_config`, on the config
   composed with the key added), which says what was meant;
 * any other composition or override-syntax error, an interpolation that does not resolve
   (``${oc.env:UNSET}``, a missing key, a cycle, an unknown resolver), a run directory that
@@ -19,17 +19,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from .config import ConfigError, check_config
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-BAD_INPUT = 2  # main.py's exit status for a bad input: nothing was written
+from .errors import ConfigError
+from .paths import CONF
+from .preflight import check_config
 
 
 @contextlib.contextmanager

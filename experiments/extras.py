@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-# Top-level module -> the extra that installs it (tests/test_newcomer_extras.py checks each
+# Top-level module -> the extra that installs it (tests/harness/test_extras.py checks each
 # against pyproject.toml and the installed distributions).
 EXTRAS = {
     "hydra": "harness", "omegaconf": "harness", "tqdm": "harness", "sklearn": "harness",

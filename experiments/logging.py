@@ -1,153 +1,28 @@
-"""The run record (always) and Weights & Biases (when configured), behind one interface.
+"""Where a run's metrics go: its run record (always) and Weights & Biases (when configured),
+behind one interface.
 
-A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON object
-per logged step or evaluation, flushed at least every ``FLUSH_SECONDS`` and before every checkpoint,
-so a crash keeps what was logged: at most the last second of rows, and never a row that a resume
-from the last checkpoint would not log again) and
-``summary.json`` (written atomically: small, as ``status: running``, before the run starts, and
-in full at the end). When the disk is full at the end, the summary is overwritten in place, within
-the space the first one holds, with as much as fits: its status and error come first, so the
-record still says how the run ended.
+The record itself (its files, how they are written) is :mod:`experiments.record`; here are the
+fan-out to the sinks and wandb's checks and sink.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import netrc
 import os
-import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError
-from .files import overwrite_in_place, write_atomically, write_with
-from .metrics_rows import read_rows
+from .errors import ConfigError
 from .network import PROBE_SECONDS, connects, host_and_port
-
-METRICS = "metrics.jsonl"
-SUMMARY = "summary.json"
-CONFIG = "config.yaml"
-FLUSH_SECONDS = 1.0  # a write per row costs a system call, ~1 % of a small model's step
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf; keep them readable
-    return value
+from .record import RunRecord
 
 
 class MetricsSink(Protocol):
     def log(self, row: dict[str, Any]) -> None: ...
 
     def finish(self, summary: dict[str, Any]) -> None: ...
-
-
-class RunRecord:
-    """The local record of one run: config, metrics rows and summary.
-
-    Making one writes nothing: the runner writes the small ``running`` summary first and then
-    :meth:`start` writes the rest, so that a failure to write even that leaves the directory as
-    it was."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.metrics_path = run_dir / METRICS
-        self.has_begun = False  # whether this process has written the summary
-        self._replaced: bytes | None = None  # the summary of an earlier process, as it was
-        self._file: IO[str] | None = None
-        self._flushed_at = time.monotonic()
-
-    def has_summary(self) -> bool:
-        """Whether the directory holds a summary already (of an earlier process: a resume)."""
-        return (self.run_dir / SUMMARY).exists()
-
-    def start(self, cfg: DictConfig, resume_from_step: int | None = None,
-              invocation: Mapping[str, str] | None = None) -> tuple[int, str | None]:
-        """Write the config and open the metrics (after the rows up to ``resume_from_step``, when
-        resuming). ``invocation`` maps file names (relative to the run directory) to texts that
-        record how the run was started (Hydra's ``.hydra/`` files). Returns how many rows were
-        kept and what was skipped (see :meth:`_truncate_after`)."""
-        for name, text in (invocation or {}).items():
-            (self.run_dir / name).parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(self.run_dir / name, text)
-        write_atomically(self.run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-        kept, skipped = self._truncate_after(resume_from_step) if resume_from_step is not None else (0, None)
-        self._file = open(self.metrics_path, "a")
-        self._flushed_at = time.monotonic()
-        return kept, skipped
-
-    def _truncate_after(self, step: int) -> tuple[int, str | None]:
-        """Drop rows logged after the checkpoint we resume from (they will be logged again) and
-        lines that are not rows; returns how many rows were kept, and the note on the skipped."""
-        found = read_rows(self.metrics_path)
-        if not self.metrics_path.exists():
-            return 0, None
-        kept = [line for line, row in found.rows if row["step"] <= step]
-        write_with(self.metrics_path, lambda f: f.write(b"".join(line + b"\n" for line in kept)))
-        return len(kept), found.note(self.metrics_path)
-
-    def log(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
-        if time.monotonic() - self._flushed_at > FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        """Hand the rows logged so far to the operating system (they survive a killed process)."""
-        if self._file is not None:
-            self._file.flush()
-        self._flushed_at = time.monotonic()
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        """Replace the summary; on a full disk, overwrite it in place with what fits."""
-        path = self.run_dir / SUMMARY
-        if not self.has_begun and path.exists():
-            self._replaced = path.read_bytes()
-        try:
-            write_atomically(path, _summary_text(summary))
-        except OSError:
-            if not (path.exists() and _overwrite_with_what_fits(path, summary)):
-                raise
-        self.has_begun = True
-
-    def restore_summary(self) -> None:
-        """Put back the summary this process replaced (a resume refused once its data was
-        built): the record says again what it said before."""
-        if self._replaced is not None:
-            write_with(self.run_dir / SUMMARY, lambda f: f.write(self._replaced))
-
-    def finish(self, summary: dict[str, Any]) -> None:
-        """Close the metrics and write the final summary. A full disk that loses the last
-        unflushed rows is noted in the summary rather than raised over the run's own outcome."""
-        try:
-            if self._file is not None:
-                self._file.close()
-        except OSError as error:
-            summary = {**summary, "metrics_error": f"{type(error).__name__}: {error}"}
-        self.write_summary(summary)
-
-
-def _summary_text(summary: Mapping[str, Any]) -> str:
-    return json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2) + "\n"
-
-
-def _overwrite_with_what_fits(path: Path, summary: dict[str, Any]) -> bool:
-    """Overwrite ``path`` in place with as much of ``summary`` as fits in its size: the status,
-    the error (cut short if need be), then the other fields in order."""
-    room = path.stat().st_size
-    kept: dict[str, Any] = {"status": summary.get("status", "failed")}
-    error = str(summary.get("error", ""))
-    while error and (overflow := len(_summary_text({**kept, "error": error}).encode()) - room) > 0:
-        error = error[: len(error) - overflow]  # JSON escapes may take a second cut
-    if error:
-        kept["error"] = error
-    for key, value in summary.items():
-        if key not in kept and len(_summary_text({**kept, key: value}).encode()) <= room:
-            kept[key] = value
-    return overwrite_in_place(path, _summary_text(kept))
 
 
 # wandb's own spellings of the modes in WANDB_MODE, and what they mean here.

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 import sys
 from typing import Any
 
 from torch import nn
 
-
-class DecayScope(enum.Enum):
-    """``all``: every parameter decays (one param group). ``linear``: nanoGPT's
-    ``configure_optimizers``: only the weights of linear layers decay; embeddings (an output layer
-    tied to the token embedding included), normalisation weights and biases form a second group
-    with ``weight_decay`` 0."""
-
-    all = "all"
-    linear = "linear"
+from .config import DecayScope
 
 
 def parameter_groups(model: nn.Module, scope: DecayScope) -> Any:

@@ -28,24 +28,16 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .checkpoint import CHECKPOINT_DIR, list_checkpoints, remove_unfinished_writes
-from .config import ConfigError
+from .checkpoint import remove_unfinished_writes
+from .errors import RunRefused
 from .files import TEMPORARY_SUFFIX, remove_temporary_files
-from .logging import CONFIG, METRICS, SUMMARY
+from .record import CHECKPOINTS, CONFIG, HYDRA_FILES, METRICS, RUN_LOG, SUMMARY, list_checkpoints
 from .resume import describe_changes, trajectory_changes
 
 LOCK = ".lock"
-RUN_LOG = "run.log"  # run_multiple.py's log of a run it launches alone, made before the run starts
-HYDRA_FILES = ".hydra"  # Hydra's record of the invocation; its config.yaml is the config's second copy
 # What a run directory of this harness holds besides the record's files (wandb's own folder).
-_OURS = {SUMMARY, CONFIG, METRICS, CHECKPOINT_DIR, HYDRA_FILES, "wandb", LOCK, RUN_LOG}
+_OURS = {SUMMARY, CONFIG, METRICS, CHECKPOINTS, HYDRA_FILES, "wandb", LOCK, RUN_LOG}
 _CLAIM_TRIES = 5  # a lock file replaced under us (a refused run removing its own) is retried
-
-
-class RunRefused(ConfigError):
-    """The run directory's state forbids the run (another writer, a record it would overwrite or
-    mix with); nothing was written."""
-
 
 @dataclass
 class Claim:
@@ -159,7 +151,7 @@ def check_record(run_dir: Path, cfg: DictConfig) -> None:
     whose config alters the recorded run's trajectory."""
     record = [name for name in (SUMMARY, CONFIG, METRICS) if (run_dir / name).exists()]
     if list_checkpoints(run_dir):
-        record.append(CHECKPOINT_DIR)
+        record.append(CHECKPOINTS)
     foreign = sorted(path.name for path in run_dir.iterdir() if not _ours(path.name))
     if foreign and not record:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -174,7 +166,7 @@ def check_record(run_dir: Path, cfg: DictConfig) -> None:
                 "to continue it, or choose another hydra.run.dir"
             )
         return
-    if not ({METRICS, CHECKPOINT_DIR} & set(record)):
+    if not ({METRICS, CHECKPOINTS} & set(record)):
         return  # no step to continue (at most a summary): the resume starts over at step 0
     changes = trajectory_changes(_recorded_config(run_dir), cfg)
     if changes:
@@ -220,7 +212,7 @@ def refuse_unusable_checkpoints(run_dir: Path) -> None:
     if found:
         raise RunRefused(
             f"trainer.resume=true refused: none of the {len(found)} checkpoints in "
-            f"{run_dir / CHECKPOINT_DIR} is usable (see the warnings above); the record is left as it "
+            f"{run_dir / CHECKPOINTS} is usable (see the warnings above); the record is left as it "
             "was. Move that folder away to start the run over from step 0, or start a new run in "
             "another directory"
         )

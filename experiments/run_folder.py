@@ -6,7 +6,7 @@ line with exit 2 and before any folder is made, a run whose folder would be the 
 (an empty ``hydra.run.dir``) or whose names would make folders elsewhere than the name says (an
 ``optimizer.name`` holding ``../`` or ``/``), in a multirun also every value swept over such a
 name (``optimizer.name=a,../b``), before Hydra makes the first job's folder. The runner checks the
-names again (:func:`experiments.config.check_names`) for runs that do not come through ``main.py``.
+names again (:func:`experiments.preflight.check_names`) for runs that do not come through ``main.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import PATH_NAMES, ConfigError, check_name, check_names
+from .errors import BAD_INPUT, ConfigError
+from .preflight import PATH_NAMES, check_name, check_names
 
 
 class RunFolderChecked(Callback):
@@ -44,7 +45,7 @@ def _refuse_unless(config: DictConfig, run: bool) -> None:
     except ConfigError as error:
         # Hydra turns an exception raised by a callback into a warning and goes on.
         print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(BAD_INPUT) from None
     except OmegaConfBaseException:
         pass  # an interpolation that does not resolve: Hydra fails on it next, and main.py says so
 

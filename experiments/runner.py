@@ -1,7 +1,7 @@
 """Builds a run from its config, trains it, and writes its record.
 
 claim of the run directory -> (config checks) -> (record checks) -> data -> model -> optimizer
-(+ schedule) -> loggers -> trainer -> summary.
+-> trainer (its step plan, then the schedule) -> loggers -> summary.
 
 Everything that can be wrong with the config, and with the record in the run directory (another
 writer, a record a fresh run would overwrite, a resume that changes the trajectory or has no
@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import json
-import math
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +33,17 @@ from optim import ClosureOptimizer
 
 from . import distributed, signals, speed
 from .checkpoint import PAYLOAD_KEYS, load_latest_checkpoint
-from .config import ConfigError, Device, check_config
+from .config import DecayScope, Device
 from .data import DataBundle
-from .logging import SUMMARY, Loggers, RunRecord, WandbSink, check_wandb
-from .param_groups import DecayScope, parameter_groups
-from .run_dir import Claim, RunRefused, check_record, claimed, clear_interrupted_writes, refuse_unusable_checkpoints
-from .signals import Interrupted, signal_name
+from .errors import ConfigError, Interrupted, RunRefused, TrainingDiverged
+from .logging import Loggers, WandbSink, check_wandb
+from .param_groups import parameter_groups
+from .preflight import check_config
+from .record import RunRecord, Status, read_summary
+from .run_dir import Claim, check_record, claimed, clear_interrupted_writes, refuse_unusable_checkpoints
+from .signals import signal_name
 from .slurm import TIME_LIMIT_SIGNAL, SlurmJob
-from .trainer import Trainer, TrainingDiverged
+from .training import Callback, Trainer, build_trainer
 
 
 def seed_everything(seed: int) -> None:
@@ -57,25 +58,6 @@ def pick_device(choice: Device) -> torch.device:
     if choice == Device.cpu or (choice == Device.auto and not torch.cuda.is_available()):
         return torch.device("cpu")
     return torch.device("cuda")
-
-
-def cosine_warmup(warmup_fraction: float, final_factor: float, total_steps: int,
-                  warmup_steps: int | None = None, cosine_after_warmup: bool = False):
-    """The baselines' schedule as a LambdaLR factor: linear warm-up from 0 over
-    W = ceil(warmup_fraction * T) steps (or ``warmup_steps``) times a cosine from 1 to
-    ``final_factor``, over T (the paper's NLP runs) or over the T - W steps after the warm-up
-    (``cosine_after_warmup``: nanoGPT's ``get_lr``)."""
-    warmup = math.ceil(warmup_fraction * total_steps) if warmup_steps is None else warmup_steps
-    start = warmup if cosine_after_warmup else 0
-
-    def factor(step: int) -> float:
-        if step < start:  # nanoGPT's warm-up: lr * t / W, no cosine yet
-            return step / warmup
-        progress = min(step - start, total_steps - start) / max(total_steps - start, 1)
-        cosine = final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return cosine * (step / warmup if step <= warmup and warmup else 1.0)
-
-    return factor
 
 
 def set_tf32(enabled: bool | None) -> None:
@@ -115,11 +97,12 @@ def build(cfg: DictConfig, group: str, **objects: Any) -> Any:
 
 
 def run(cfg: DictConfig, run_dir: Path, *, own_dir: bool = False,
-        invocation: Mapping[str, str] | None = None) -> dict[str, Any]:
+        invocation: Mapping[str, str] | None = None, callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Train the run described by ``cfg`` in ``run_dir``; returns its summary.
 
     ``own_dir``: the caller made ``run_dir`` for this run (Hydra does), so a refused run removes
     it again. ``invocation``: files that record how the run was started (see :class:`RunRecord`).
+    ``callbacks``: hooks into the training loop (tests and fault injections use them).
 
     Under ``torchrun`` every rank calls this: each joins the process group, trains its shard of
     the data through DistributedDataParallel, and leaves the group at the end (also on failure).
@@ -145,7 +128,7 @@ def run(cfg: DictConfig, run_dir: Path, *, own_dir: bool = False,
             if cfg.logger.wandb is not None:
                 check_wandb(cfg.logger.wandb)
             checkpoint = _agreed_resume_point(cfg, run_dir, process)
-            return _run(cfg, run_dir, process, checkpoint, held, invocation, job)
+            return _run(cfg, run_dir, process, checkpoint, held, invocation, job, callbacks)
         finally:
             distributed.teardown()
 
@@ -160,11 +143,8 @@ def _continues_requeued_job(run_dir: Path, job: SlurmJob | None) -> bool:
     record in ``run_dir``: SLURM starts the same command again, which must continue that record."""
     if job is None or job.restarts == 0:
         return False
-    try:
-        recorded = json.loads((run_dir / SUMMARY).read_text()).get("slurm_job_id")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return recorded == job.job_id
+    summary = read_summary(run_dir)
+    return summary is not None and summary.slurm_job_id == job.job_id
 
 
 def _agreed_resume_point(cfg: DictConfig, run_dir: Path,
@@ -210,7 +190,8 @@ def _build(cfg: DictConfig, process: distributed.Process) -> tuple[DataBundle, A
 
 
 def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoint: dict[str, Any] | None,
-         claim: Claim | None, invocation: Mapping[str, str] | None, job: SlurmJob | None) -> dict[str, Any]:
+         claim: Claim | None, invocation: Mapping[str, str] | None, job: SlurmJob | None,
+         callbacks: Sequence[Callback]) -> dict[str, Any]:
     if cfg.trainer.threads is not None:  # before the data and model: building them uses threads too
         torch.set_num_threads(cfg.trainer.threads)
     set_tf32(cfg.trainer.tf32)
@@ -238,10 +219,10 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
     try:
         seed_everything(cfg.seed)  # the same seed on every rank: the same initial model
         data, model, forward_model, optimizer = _build(cfg, process)
-        trainer_cfg = OmegaConf.to_object(cfg.trainer)
-        trainer = Trainer(trainer_cfg, model, optimizer, None, data, loggers, run_dir, process.device, cfg.seed,
-                          forward_model=forward_model, rank=process.rank, world_size=process.world_size)
-        problem = trainer.resume_problem(checkpoint["trainer"]) if checkpoint is not None else None
+        schedule = OmegaConf.to_object(cfg.optimizer.schedule) if cfg.optimizer.schedule is not None else None
+        trainer = build_trainer(OmegaConf.to_object(cfg.trainer), data, model, optimizer, loggers, run_dir, process,
+                                seed=cfg.seed, schedule=schedule, forward_model=forward_model, callbacks=callbacks)
+        problem = trainer.plan.resume_problem(checkpoint["trainer"]) if checkpoint is not None else None
         if problem is not None:  # before the record is touched: a refused resume leaves it as it was
             raise RunRefused(f"trainer.resume=true refused: {problem}")
         if record is not None and not record.has_begun:
@@ -253,22 +234,16 @@ def _run(cfg: DictConfig, run_dir: Path, process: distributed.Process, checkpoin
             header.update(_rows_lost(checkpoint, kept, skipped))
             if cfg.logger.wandb is not None:
                 loggers.sinks.append(WandbSink(cfg.logger.wandb, cfg, run_dir, name=run_dir.name))
-        header["total_steps"] = trainer.total_steps
-        if cfg.optimizer.schedule is not None:
-            schedule = cfg.optimizer.schedule
-            trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, cosine_warmup(schedule.warmup_fraction, schedule.final_factor, trainer.total_steps,
-                                         schedule.warmup_steps, schedule.cosine_after_warmup)
-            )
+        header["total_steps"] = trainer.plan.total_steps
         if checkpoint is not None:
             trainer.load(checkpoint)
-        summary = {"status": "finished", **header, **trainer.fit()}
+        summary = {"status": Status.finished, **header, **trainer.fit()}
         if process.device.type == "cpu" and process.world_size == 1:
             with signals.stop_signals_ignored():  # the run is complete: a stop now must not undo that
                 _note_if_slow(summary, trainer)
     except BaseException as error:  # the record says what happened, then the error propagates
         interrupted = isinstance(error, (Interrupted, KeyboardInterrupt))
-        summary = {"status": "interrupted" if interrupted else "failed", **header,
+        summary = {"status": Status.interrupted if interrupted else Status.failed, **header,
                    "error": f"{type(error).__name__}: {error}"}
         if isinstance(error, TrainingDiverged):  # an outcome of the optimizer, not of the machine:
             summary["diverged"] = True  # run again, it diverges again (run_multiple.py skips it)
@@ -326,7 +301,7 @@ def _requeue_if_cut_by_time_limit(stopped: Interrupted, summary: dict[str, Any],
         summary["error"] += f"; not requeued: {error}"
         return
     stopped.requeued = True
-    summary["status"] = "requeued"
+    summary["status"] = Status.requeued
 
 
 def _rows_lost(checkpoint: dict[str, Any] | None, kept: int, skipped: str | None) -> dict[str, Any]:
@@ -348,6 +323,6 @@ def _rows_lost(checkpoint: dict[str, Any] | None, kept: int, skipped: str | None
 def _begin(record: RunRecord, header: dict[str, Any], claim: Claim | None) -> None:
     """Write the small ``running`` summary: the record's first write, so that if even it fails
     (a full disk) nothing was written; from then on the directory holds this run's record."""
-    record.write_summary({"status": "running", **header})
+    record.write_summary({"status": Status.running, **header})
     if claim is not None:
         claim.keep()

@@ -5,9 +5,10 @@
 warning ``sbatch --signal=USR2@<seconds>`` sends before the time limit. All of them stop a run the
 same way; its exit status is 128 + the signal (143, 130, 129, 140).
 While it trains, the trainer turns them into "checkpoint after this step and stop"
-(:func:`on_stop_signals`). Before that (building the data and the model, loading a checkpoint) the
+(:func:`stop_requested`). Before that (building the data and the model, loading a checkpoint) the
 default action would end the process on the spot and leave the record's summary at ``running``;
-:func:`stop_signals_raise` makes them an exception there instead, which the runner records. While
+:func:`stop_signals_raise` makes them an exception there instead (:class:`experiments.errors.Interrupted`),
+which the runner records. While
 the final summary is written, :func:`stop_signals_ignored` lets nothing cut it short.
 
 Signal handlers belong to the main thread: elsewhere (a run started from a worker thread) all
@@ -20,25 +21,10 @@ import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from .slurm import TIME_LIMIT_SIGNAL, SlurmJob
-
-
-class Interrupted(RuntimeError):
-    """A stop signal ended the run (after writing a checkpoint, once training had begun)."""
-
-    def __init__(self, message: str, signum: int = signal.SIGTERM) -> None:
-        super().__init__(message)
-        self.signum = signum
-        self.requeued = False  # the run's SLURM job was put back into the queue (experiments/runner.py)
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's code for a process ended by the signal: 143 for SIGTERM, 130 for SIGINT,
-        129 for SIGHUP, 140 for SIGUSR2."""
-        return 128 + self.signum
-
 
 # SIGINT and SIGHUP would otherwise end the process at once (a KeyboardInterrupt traceback, or
 # death without a word) and leave the record's summary at ``running``.
@@ -60,6 +46,25 @@ def on_stop_signals(callback: Callable[[int], None]) -> Iterator[None]:
     """Within the body, a stop signal calls ``callback(signum)`` and nothing else."""
     with _handling(lambda signum, frame: callback(signum)):
         yield
+
+
+@dataclass
+class StopRequest:
+    """The first stop signal received (0: none yet)."""
+
+    signum: int = 0
+
+    def note(self, signum: int) -> None:
+        self.signum = self.signum or signum
+
+
+@contextlib.contextmanager
+def stop_requested() -> Iterator[StopRequest]:
+    """Within the body, a stop signal is only noted in the :class:`StopRequest` yielded, for the
+    body to act on when it can (the trainer: after the step in progress)."""
+    request = StopRequest()
+    with on_stop_signals(request.note):
+        yield request
 
 
 @contextlib.contextmanager

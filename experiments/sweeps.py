@@ -22,6 +22,8 @@ from hydra.errors import CompactHydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import BAD_INPUT
+
 _INTERPOLATION = re.compile(r"\$\{([^${}]+)\}")
 _EVERY_JOB = {"hydra.job.num", "hydra:job.num", "hydra.job.id", "hydra:job.id"}
 _OVERRIDE_DIRNAME = {"hydra.job.override_dirname", "hydra:job.override_dirname"}
@@ -63,7 +65,7 @@ class DistinctRunDirs(Callback):
         if problem:
             # Hydra turns an exception raised by a callback into a warning and goes on.
             print(f"error: {problem}", file=sys.stderr)
-            raise SystemExit(2)
+            raise SystemExit(BAD_INPUT)
 
 
 def _problem(hydra: DictConfig) -> str | None:

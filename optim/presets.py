@@ -13,7 +13,7 @@ searched on every step. The image runs turned it off for all four (``speed_up=Fa
 
 The harness lists every value of each column in its config (``conf/optimizer/salsa.yaml``,
 ``salsa_sgd.yaml``, ``sls_adam.yaml``, ``sls.yaml``), built through :func:`paper_optimizer` with
-the preset's name; ``tests/test_paper_presets.py`` checks that those values are this module's.
+the preset's name; ``tests/harness/test_paper_presets.py`` checks that those values are this module's.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ MESSAGE_CHARS = 400
 
 @dataclass
 class TestOutcome:
-    test: str  # tests/test_cuda_optim.py::test_name[param]
+    test: str  # tests/optim/test_cuda_optim.py::test_name[param]
     outcome: str  # one of OUTCOMES
     message: str = ""  # the failure's first line, the skip or xfail reason
     seconds: float | None = None

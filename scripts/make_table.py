@@ -2,7 +2,8 @@
 
 A cell is the mean (± the sample standard deviation over seeds) of the paper's metric, the final
 training loss, over the finished runs of that task and optimizer (one per seed, the latest of
-reruns; ``run_records.py`` says which runs are reruns). Below the tasks: the "log average"
+reruns; ``experiments/results.py`` says which runs are reruns). Rows and columns print in the
+order of ``experiments/grid.py``. Below the tasks: the "log average"
 (geometric mean over tasks) and the "average rank". The best cell of every row is in bold. A cell
 without runs is shown as missing (–), never filled; a row, column or summary row that would be all
 missing is left out, and so is a table that no run recorded (each said on stderr or in a note).
@@ -63,11 +64,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # not pyplot: no global figure state, no display backend
 
-from run_records import (  # scripts/ is on sys.path when a script in it runs
-    LABEL_ORDER, RecordError, Run, counted_runs, ordered, read_run_dirs, read_wandb, sources_text, task_order,
+from experiments.errors import RecordError  # noqa: E402
+from experiments.grid import column_order, task_order  # noqa: E402
+from experiments.paths import REPO  # noqa: E402
+from experiments.results import (  # noqa: E402
+    RecordedRun, counted_runs, read_run_dirs, read_wandb, sources_text,
 )
 
-PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
+PAPER_DIR = REPO / "results" / "paper"
 MISSING = "–"
 INDEX = ["task", "model"]
 
@@ -80,10 +84,10 @@ class Metric:
     title: str
     definition: str  # the footnote that says what a number in the table is
     higher_is_better: bool
-    value: Callable[[Run], float | None]  # None: the run did not record it
+    value: Callable[[RecordedRun], float | None]  # None: the run did not record it
 
 
-def last_percent_loss(run: Run) -> float | None:
+def last_percent_loss(run: RecordedRun) -> float | None:
     """Mean training loss over the last 1 % of logged training rows (at least one row), leaving
     out non-finite losses (skipped steps); NaN if every loss in that window is non-finite."""
     if run.train.empty:
@@ -94,7 +98,7 @@ def last_percent_loss(run: Run) -> float | None:
     return float(finite.mean()) if finite.size else math.nan
 
 
-def authors_ema_loss(run: Run, beta: float = 0.99) -> float | None:
+def authors_ema_loss(run: RecordedRun, beta: float = 0.99) -> float | None:
     """The authors' ``exp_smoothing`` at the last logged row: s_0 = L_0, s_i = beta s_(i-1) +
     (1 - beta) L_i. Non-finite losses (skipped steps) are left out, as in ``last_percent_loss``."""
     if run.train.empty:
@@ -116,27 +120,39 @@ LOSS_DEFINITIONS = {
     "authors": "Final training loss: the authors' smoothing (plot.py's exp_smoothing): an EMA with "
     "β 0.99 of the per-batch training loss, started at the first logged loss, at the last row.",
 }
-LOSS_VALUES: dict[str, Callable[[Run], float | None]] = {
+LOSS_VALUES: dict[str, Callable[[RecordedRun], float | None]] = {
     "last1pct": last_percent_loss,
     "ema": lambda r: r.final("final_smoothed_loss"),
     "authors": authors_ema_loss,
 }
 
 
+def summary_value(field: str) -> Callable[[RecordedRun], float | None]:
+    """Reads the number ``field`` of a run's summary."""
+    return lambda run: run.final(field)
+
+
+# The tables of values the summary records: a new one is an entry here.
+SUMMARY_METRICS = {
+    metric.key: metric for metric in (
+        Metric("accuracy", "Final validation accuracy", "Validation accuracy at the last evaluation "
+               "(summary's final_val_accuracy).", True, summary_value("final_val_accuracy")),
+        Metric("perplexity", "Final validation perplexity", "Validation perplexity at the last evaluation "
+               "(summary's final_val_perplexity).", False, summary_value("final_val_perplexity")),
+        Metric("time", "Training time (s)", "Wall-clock seconds of the training steps, summed over "
+               "resumes (summary's train_time).", False, summary_value("train_time")),
+    )
+}
+METRIC_KEYS = ("loss", *SUMMARY_METRICS)
+
+
 def metric(key: str, smoothing: str) -> Metric:
-    """The metric ``key`` (loss | accuracy | perplexity | time); ``smoothing`` picks the loss's."""
+    """The metric ``key`` (one of METRIC_KEYS); ``smoothing`` picks the loss's."""
     if key == "loss":
         return Metric("loss", "Final training loss", LOSS_DEFINITIONS[smoothing], False, LOSS_VALUES[smoothing])
-    if key == "accuracy":
-        return Metric(key, "Final validation accuracy", "Validation accuracy at the last evaluation "
-                      "(summary's final_val_accuracy).", True, lambda r: r.final("final_val_accuracy"))
-    if key == "perplexity":
-        return Metric(key, "Final validation perplexity", "Validation perplexity at the last evaluation "
-                      "(summary's final_val_perplexity).", False, lambda r: r.final("final_val_perplexity"))
-    if key == "time":
-        return Metric(key, "Training time (s)", "Wall-clock seconds of the training steps, summed over "
-                      "resumes (summary's train_time).", False, lambda r: r.final("train_time"))
-    raise ValueError(f"unknown metric {key!r}; choose from loss, accuracy, perplexity, time")
+    if key in SUMMARY_METRICS:
+        return SUMMARY_METRICS[key]
+    raise ValueError(f"unknown metric {key!r}; choose from {', '.join(METRIC_KEYS)}")
 
 
 @dataclass(frozen=True)
@@ -149,15 +165,15 @@ class Table:
     n: pd.DataFrame  # runs per cell; 0 where none
 
 
-def build_table(runs: Sequence[Run], metric: Metric) -> Table:
+def build_table(runs: Sequence[RecordedRun], metric: Metric) -> Table:
     """Mean, standard deviation and count of ``metric`` per (task, optimizer) over ``runs``.
     A task or optimizer gets a row or column when at least one of its runs recorded the metric (a
     row of dashes says nothing: the accuracy of a language model, the perplexity of a classifier)."""
     tasks = task_order(run.task for run in runs)
-    index = pd.MultiIndex.from_tuples([(t.name, t.model_name) for t in tasks], names=INDEX)
-    columns = ordered((run.label for run in runs), LABEL_ORDER)
+    index = pd.MultiIndex.from_tuples([(t.label, t.model_label) for t in tasks], names=INDEX)
+    columns = column_order(run.label for run in runs)
     values = pd.DataFrame(
-        [(r.task.name, r.task.model_name, r.label, v) for r in runs if (v := metric.value(r)) is not None],
+        [(r.task.label, r.task.model_label, r.label, v) for r in runs if (v := metric.value(r)) is not None],
         columns=[*INDEX, "label", "value"],
     )
     # NaN values are kept (a diverged run makes its cell NaN), hence numpy's mean, not pandas'.
@@ -407,9 +423,6 @@ def paper_sections(loss: Table) -> list[Section]:
         print("--paper: no task and optimizer in common with the paper's table", file=sys.stderr)
     printed = printed_section(paper, read_printed_summary(PAPER_DIR / "README.md"))
     return [printed] if compared is None else [compared, printed]
-
-
-METRIC_KEYS = ("loss", "accuracy", "perplexity", "time")
 
 
 def metric_keys(text: str) -> list[str]:

@@ -48,9 +48,9 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure  # not pyplot: no global figure state, no display backend
 
-from run_records import (  # scripts/ is on sys.path when a script in it runs
-    LABEL_ORDER, RecordError, Run, Task, counted_runs, ordered, read_run_dirs, sources_text, task_order,
-)
+from experiments.errors import RecordError  # noqa: E402
+from experiments.grid import Task, column_order, task_order  # noqa: E402
+from experiments.results import RecordedRun, counted_runs, read_run_dirs, sources_text  # noqa: E402
 
 BETA = 0.99
 Color = tuple[float, float, float]  # RGB in [0, 1]
@@ -70,7 +70,7 @@ def positive(series: pd.Series) -> pd.Series:
     return series.where(series > 0)
 
 
-def eval_column(runs: Sequence[Run]) -> str:
+def eval_column(runs: Sequence[RecordedRun]) -> str:
     """The evaluation metric the runs logged: val_accuracy, else val_perplexity, else val_loss."""
     logged = {column for run in runs for column in run.evals.columns}
     return next((c for c in ("val_accuracy", "val_perplexity") if c in logged), "val_loss")
@@ -82,14 +82,14 @@ class Panel:
 
     ylabel: str
     log: bool
-    series: Callable[[Run], pd.Series]  # indexed by step; empty when the run did not log it
+    series: Callable[[RecordedRun], pd.Series]  # indexed by step; empty when the run did not log it
     falls: bool = False  # a training loss: curves that rise far above every start diverged
 
 
-def column(rows: Callable[[Run], pd.DataFrame], name: str) -> Callable[[Run], pd.Series]:
+def column(rows: Callable[[RecordedRun], pd.DataFrame], name: str) -> Callable[[RecordedRun], pd.Series]:
     """Reads column ``name`` of a run's ``rows`` (its training or evaluation rows) by step."""
 
-    def series(run: Run) -> pd.Series:
+    def series(run: RecordedRun) -> pd.Series:
         frame = rows(run)
         if name not in frame.columns:
             return pd.Series(dtype=float)
@@ -98,7 +98,7 @@ def column(rows: Callable[[Run], pd.DataFrame], name: str) -> Callable[[Run], pd
     return series
 
 
-def panels(runs: Sequence[Run], beta: float) -> list[Panel]:
+def panels(runs: Sequence[RecordedRun], beta: float) -> list[Panel]:
     """The three panels of a task's figure."""
     evaluated = eval_column(runs)
     return [
@@ -122,7 +122,7 @@ def across_seeds(curves: Sequence[pd.Series]) -> pd.DataFrame:
                          "max": aligned.max(axis=1), "n": aligned.count(axis=1)})
 
 
-def statistics(panel: Panel, runs_by_label: dict[str, list[Run]]) -> dict[str, pd.DataFrame]:
+def statistics(panel: Panel, runs_by_label: dict[str, list[RecordedRun]]) -> dict[str, pd.DataFrame]:
     """Per optimizer that logged the panel's quantity: its mean, std and count over seeds by step."""
     found = {}
     for label, runs in runs_by_label.items():
@@ -194,10 +194,11 @@ def draw_once(ax: Axes, panel: Panel, stats: dict[str, pd.DataFrame], colors: di
         ax.set_yscale("log")
 
 
-def task_figure(task: Task, runs: Sequence[Run], colors: dict[str, Color], beta: float = BETA) -> Figure:
+def task_figure(task: Task, runs: Sequence[RecordedRun], colors: dict[str, Color],
+                beta: float = BETA) -> Figure:
     """The figure of one task: the three panels, one line per optimizer label of ``runs``."""
     runs_by_label = {label: [r for r in runs if r.label == label]
-                     for label in ordered((r.label for r in runs), LABEL_ORDER)}
+                     for label in column_order(r.label for r in runs)}
     fig = Figure(figsize=(17, 4.5), layout="constrained")
     axes = fig.subplots(1, 3)
     stats = [statistics(panel, runs_by_label) for panel in panels(runs, beta)]
@@ -208,7 +209,7 @@ def task_figure(task: Task, runs: Sequence[Run], colors: dict[str, Color], beta:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=8)  # beside the panels, over no curve
     seeds = sorted({len(group) for group in runs_by_label.values()})
-    fig.suptitle(f"{task.name} / {task.model_name} (seeds per optimizer: {', '.join(map(str, seeds))})")
+    fig.suptitle(f"{task.label} / {task.model_label} (seeds per optimizer: {', '.join(map(str, seeds))})")
     return fig
 
 
@@ -216,7 +217,7 @@ def label_colors(labels: Sequence[str]) -> dict[str, Color]:
     """One colour per optimizer label, the same in every figure."""
     tab20 = colormaps["tab20"].colors
     palette = tab20[0::2] + tab20[1::2]  # ten strong colours, then their light shades
-    return {label: palette[i % len(palette)] for i, label in enumerate(ordered(labels, LABEL_ORDER))}
+    return {label: palette[i % len(palette)] for i, label in enumerate(column_order(labels))}
 
 
 def save(fig: Figure, path: Path, pdf: bool) -> list[Path]:

@@ -1,5 +1,7 @@
-"""What the CUDA tests (``tests/test_cuda*.py``, marker ``cuda``) share: the device they run on,
-why they are skipped, and a counter of host synchronisations.
+"""What the CUDA tests (marker ``cuda``: ``tests/optim/test_cuda_optim.py``,
+``tests/harness/test_cuda_harness.py``, and the compiled kernel's cases in
+``tests/optim/test_fused_triton.py``) share: the device they run on, why they are skipped, and a
+counter of host synchronisations.
 
 Select them with ``python -m pytest -m cuda`` (the default run deselects them). Without a CUDA
 device they are skipped with the reason :func:`skip_reason` gives (``tests/conftest.py``).

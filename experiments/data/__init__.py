@@ -23,14 +23,14 @@ from typing import Any, Literal
 from torch import Tensor
 from torch.utils.data import Dataset
 
-Task = Literal["classification", "language_modeling"]
+TaskKindName = Literal["classification", "language_modeling"]
 
 
 @dataclass(frozen=True)
 class DataSpec:
     """What a model must fit: the task, its output size and its input."""
 
-    task: Task
+    task_kind: TaskKindName
     num_classes: int | None = None  # classification
     vocab_size: int | None = None  # text inputs and language modelling
     input_shape: tuple[int, ...] | None = None  # per example, for "inputs" batches

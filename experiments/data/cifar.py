@@ -58,7 +58,7 @@ def cifar(
         ) from err
     return DataBundle(
         name=name,
-        spec=DataSpec(task="classification", num_classes=len(train.classes), input_shape=(3, 32, 32)),
+        spec=DataSpec(task_kind="classification", num_classes=len(train.classes), input_shape=(3, 32, 32)),
         train=train,
         val=val,
         collate=collate_inputs_labels,

@@ -87,7 +87,7 @@ def glue(
     return DataBundle(
         name=task,
         spec=DataSpec(
-            task="classification",
+            task_kind="classification",
             num_classes=glue_task.num_classes,
             vocab_size=len(tok),
             pad_token_id=tok.pad_token_id,

@@ -46,7 +46,7 @@ def imagenet(data_dir: str) -> DataBundle:
         raise ValueError(f"{root / 'val'} and {root / 'train'} hold different class folders")
     return DataBundle(
         name="imagenet",
-        spec=DataSpec(task="classification", num_classes=len(train.classes), input_shape=(3, 224, 224)),
+        spec=DataSpec(task_kind="classification", num_classes=len(train.classes), input_shape=(3, 224, 224)),
         train=train,
         val=val,
         collate=collate_inputs_labels,

@@ -211,7 +211,7 @@ def language_model_bundle(
     )
     return DataBundle(
         name=name,
-        spec=DataSpec(task="language_modeling", vocab_size=vocab_size),
+        spec=DataSpec(task_kind="language_modeling", vocab_size=vocab_size),
         train=train,
         val=TokenBlocks(val_tokens, block_size),
         collate=default_collate,

@@ -32,7 +32,7 @@ def digits(val_fraction: float = 0.2, seed: int = 0) -> DataBundle:
     targets = torch.tensor(labels, dtype=torch.long)
     return DataBundle(
         name="digits",
-        spec=DataSpec(task="classification", num_classes=10, input_shape=(1, 8, 8)),
+        spec=DataSpec(task_kind="classification", num_classes=10, input_shape=(1, 8, 8)),
         train=InMemoryPairs(inputs[train_idx], targets[train_idx]),
         val=InMemoryPairs(inputs[val_idx], targets[val_idx]),
         collate=collate_inputs_labels,

@@ -207,7 +207,7 @@ def rotten_tomatoes(
     return DataBundle(
         name="rotten_tomatoes",
         spec=DataSpec(
-            task="classification", num_classes=2, vocab_size=len(tok), pad_token_id=tok.pad_token_id
+            task_kind="classification", num_classes=2, vocab_size=len(tok), pad_token_id=tok.pad_token_id
         ),
         train=train,
         val=val,

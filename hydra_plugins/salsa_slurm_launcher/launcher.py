@@ -17,7 +17,6 @@ Without Hydra's submitit plugin (the ``cluster`` extra) this module defines noth
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict
 
-from experiments.logging import SUMMARY
+from experiments.record import Status, read_summary
 from experiments.slurm import queued_jobs
 from experiments.sweeps import RunFailed
 
@@ -55,16 +54,13 @@ def poll_interval(waited_s: float) -> float:
 
 def outcome_line(run_dir: Path, job_id: str) -> str:
     """One line: what the record of ``run_dir`` says of the run whose job ``job_id`` ended."""
-    try:
-        summary = json.loads((run_dir / SUMMARY).read_text())
-    except (OSError, ValueError):
-        summary = None
-    if not isinstance(summary, dict):
+    summary = read_summary(run_dir)
+    if summary is None or summary.status is Status.unreadable:
         return f"  {'no record':<11} {run_dir} (SLURM job {job_id}: it ended before the run wrote one)"
-    restarts = summary.get("slurm_restarts") or 0
+    restarts = summary.slurm_restarts
     requeues = f", requeued {restarts} time{'s' * (restarts != 1)}" if restarts else ""
-    error = f": {summary['error']}" if summary.get("status") != "finished" and summary.get("error") else ""
-    return f"  {summary.get('status', '?'):<11} {run_dir} (SLURM job {job_id}{requeues}){error}"
+    error = f": {summary.error}" if summary.status is not Status.finished and summary.error else ""
+    return f"  {summary.status:<11} {run_dir} (SLURM job {job_id}{requeues}){error}"
 
 
 if submitit_launcher is not None:
